@@ -1,0 +1,256 @@
+//! Broker configuration: one TOML file plus `BROKER_`-prefixed environment overrides.
+//!
+//! Every key has a default, so an empty file (or none) runs a development broker. Unknown keys
+//! are errors, and every error names the key and where it came from (file or variable).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::acl::RoleRules;
+
+/// The whole broker configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
+    pub http: HttpConfig,
+    pub router: RouterConfig,
+    pub status: StatusConfig,
+    /// Authorization rules per role; `%c` stands for the client's own id.
+    pub acl: BTreeMap<String, RoleRules>,
+}
+
+/// The MQTT-over-TLS listener and the limits that protect it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address of the mTLS MQTT listener (MQTT 3.1.1 and 5 on the same port).
+    pub listen: SocketAddr,
+    /// Connections held at once, handshakes included; more are closed at once.
+    pub max_connections: usize,
+    /// TLS handshakes running at once; others wait (within their timeout).
+    pub max_concurrent_handshakes: usize,
+    /// A TLS handshake must finish within this time.
+    pub handshake_timeout_ms: u64,
+    /// The MQTT CONNECT must arrive within this time after the handshake.
+    pub connect_timeout_ms: u64,
+    /// Largest MQTT packet accepted, in bytes; a larger one closes the connection.
+    pub max_packet_size: usize,
+}
+
+/// Certificates: the broker's own, the CAs that sign client certificates, and the CRL.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain the broker presents.
+    pub server_cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the broker.
+    pub server_key: PathBuf,
+    /// PEM files of the CAs whose client certificates are accepted (several during a rotation).
+    pub client_ca: Vec<PathBuf>,
+    /// Optional PEM CRL file(s); reloaded when they change, without a restart.
+    pub crl: Vec<PathBuf>,
+    /// How often certificate, CA and CRL files are checked for changes.
+    pub reload_interval_ms: u64,
+}
+
+/// The HTTP port for `/metrics` and `/health`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+/// Sizes of the embedded rumqttd router's in-memory logs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Bytes per segment of each subscribed filter's log.
+    pub max_segment_size: usize,
+    /// Segments kept per filter; the oldest is dropped when full.
+    pub max_segment_count: usize,
+    /// Messages sent to one connection per scheduling round.
+    pub max_outgoing_packet_count: u64,
+}
+
+/// The broker-owned `taxi/<id>/status` topic.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Publish retained online/offline for every connection of these roles.
+    pub roles: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let dev = PathBuf::from("certs/dev");
+        Config {
+            mqtt: MqttConfig {
+                listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+                max_connections: 15_000,
+                max_concurrent_handshakes: 256,
+                handshake_timeout_ms: 10_000,
+                connect_timeout_ms: 10_000,
+                max_packet_size: 256 * 1024,
+            },
+            tls: TlsConfig {
+                server_cert: dev.join("server.pem"),
+                server_key: dev.join("server.key"),
+                client_ca: vec![dev.join("ca.pem")],
+                crl: vec![dev.join("crl.pem")],
+                reload_interval_ms: 2_000,
+            },
+            http: HttpConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9883)),
+            },
+            router: RouterConfig {
+                max_segment_size: 4 * 1024 * 1024,
+                max_segment_count: 10,
+                max_outgoing_packet_count: 200,
+            },
+            status: StatusConfig {
+                roles: vec!["taxi".to_owned()],
+            },
+            acl: crate::acl::default_rules(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded, with the key and source it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if given), then `BROKER_*` environment variables
+    /// (`BROKER_MQTT__LISTEN=0.0.0.0:8883`: sections separated by a double underscore).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Missing(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("BROKER_").ignore(&["CONFIG"]).split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if self.mqtt.max_connections == 0 {
+            return invalid("mqtt.max_connections", "must be at least 1");
+        }
+        if self.mqtt.max_concurrent_handshakes == 0 {
+            return invalid("mqtt.max_concurrent_handshakes", "must be at least 1");
+        }
+        if self.mqtt.max_packet_size < 64 {
+            return invalid("mqtt.max_packet_size", "must be at least 64 bytes");
+        }
+        if self.tls.client_ca.is_empty() {
+            return invalid("tls.client_ca", "at least one CA file is required");
+        }
+        if self.router.max_segment_count == 0 || self.router.max_segment_size < 1024 {
+            return invalid(
+                "router",
+                "max_segment_count must be >= 1 and max_segment_size >= 1024",
+            );
+        }
+        for (role, rules) in &self.acl {
+            rules
+                .validate()
+                .map_err(|why| ConfigError::Invalid(format!("acl.{role}: {why}")))?;
+        }
+        for role in &self.status.roles {
+            if !self.acl.contains_key(role) {
+                return invalid("status.roles", &format!("unknown role {role:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns figment's errors into one line per problem, each naming key and source.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!(" at key `{}`", e.path.join("."))
+            };
+            let source = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(source) => format!(" in {source}"),
+                None => e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!(" in {}", m.name))
+                    .unwrap_or_default(),
+            };
+            format!("invalid configuration{key}{source}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = load_text("").expect("defaults are valid");
+        assert_eq!(config.mqtt.listen.port(), 8883);
+        assert!(config.acl.contains_key("taxi"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let error = load_text("[mqtt]\nlisten_port = 1\n").expect_err("unknown key");
+        let text = error.to_string();
+        assert!(text.contains("listen_port"), "{text}");
+        assert!(text.contains("broker.toml"), "{text}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_named() {
+        let error = load_text("[mqtt]\nlisten = \"nowhere:x\"\n").expect_err("bad address");
+        let text = error.to_string();
+        assert!(text.contains("mqtt.listen"), "{text}");
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let error = Config::load(Some(Path::new("/nonexistent/broker.toml"))).expect_err("x");
+        assert!(error.to_string().contains("/nonexistent/broker.toml"));
+    }
+
+    #[test]
+    fn acl_pattern_with_bad_wildcard_is_refused() {
+        let error = load_text("[acl.taxi]\npublish = [\"taxi/%c/#/x\"]\nsubscribe = []\n")
+            .expect_err("bad pattern");
+        assert!(error.to_string().contains("acl.taxi"), "{error}");
+    }
+}

@@ -1,0 +1,142 @@
+//! The live sessions by client id: one session per id, takeover, and closing on revocation.
+//!
+//! When a client connects with an id that already has a session, the old session is told to
+//! stop and the new one waits until the old one has left the router, so that a persistent
+//! session is handed over whole and the status topic ends with the newest state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+/// Why a session was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A newer connection with the same client id.
+    TakenOver,
+    /// Its certificate was revoked.
+    Revoked,
+}
+
+struct Entry {
+    generation: u64,
+    serial: Vec<u8>,
+    stop: Arc<Notify>,
+    stop_reason: Arc<Mutex<Option<StopReason>>>,
+    finished: watch::Receiver<bool>,
+}
+
+/// All live sessions.
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Entry>>,
+    generations: AtomicU64,
+}
+
+/// A session's membership in the registry.
+pub struct Registration {
+    pub generation: u64,
+    stop: Arc<Notify>,
+    stop_reason: Arc<Mutex<Option<StopReason>>>,
+    finished: watch::Sender<bool>,
+}
+
+impl Registration {
+    /// Resolves when the session must stop, with the reason.
+    pub async fn stopped(&self) -> StopReason {
+        self.stop.notified().await;
+        lock(&self.stop_reason).unwrap_or(StopReason::TakenOver)
+    }
+
+    /// Marks the session as gone from the router.
+    pub fn finish(&self) {
+        self.finished.send_replace(true);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.finished.send_replace(true);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Registry {
+    /// Registers a new session for `client_id`, stopping any older one and waiting (at most
+    /// `wait`) until it has finished.
+    pub async fn register(&self, client_id: &str, serial: &[u8], wait: Duration) -> Registration {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let (finished_tx, finished_rx) = watch::channel(false);
+        let stop = Arc::new(Notify::new());
+        let stop_reason = Arc::new(Mutex::new(None));
+        let entry = Entry {
+            generation,
+            serial: serial.to_vec(),
+            stop: stop.clone(),
+            stop_reason: stop_reason.clone(),
+            finished: finished_rx,
+        };
+        let previous = lock(&self.sessions).insert(client_id.to_owned(), entry);
+        if let Some(previous) = previous {
+            *lock(&previous.stop_reason) = Some(StopReason::TakenOver);
+            previous.stop.notify_one();
+            let mut finished = previous.finished;
+            let _ = tokio::time::timeout(wait, finished.wait_for(|done| *done)).await;
+        }
+        Registration {
+            generation,
+            stop,
+            stop_reason,
+            finished: finished_tx,
+        }
+    }
+
+    /// Is `generation` still the newest session of `client_id`?
+    pub fn is_current(&self, client_id: &str, generation: u64) -> bool {
+        lock(&self.sessions)
+            .get(client_id)
+            .is_some_and(|entry| entry.generation == generation)
+    }
+
+    /// Removes the session if it is still the newest one of `client_id`.
+    pub fn unregister(&self, client_id: &str, generation: u64) {
+        let mut sessions = lock(&self.sessions);
+        if sessions
+            .get(client_id)
+            .is_some_and(|entry| entry.generation == generation)
+        {
+            sessions.remove(client_id);
+        }
+    }
+
+    /// Stops every session whose certificate has one of these serial numbers.
+    pub fn stop_revoked(&self, serials: &[Vec<u8>]) -> usize {
+        let sessions = lock(&self.sessions);
+        let mut stopped = 0;
+        for entry in sessions.values() {
+            if serials.contains(&entry.serial) {
+                *lock(&entry.stop_reason) = Some(StopReason::Revoked);
+                entry.stop.notify_one();
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
