@@ -242,6 +242,22 @@ mod tests {
     }
 
     #[test]
+    fn example_file_matches_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/broker.toml");
+        let config = Config::load(Some(Path::new(example))).expect("example config is valid");
+        let defaults = Config::default();
+        assert_eq!(
+            toml_value(&config),
+            toml_value(&defaults),
+            "config/broker.toml documents the defaults"
+        );
+    }
+
+    fn toml_value(config: &Config) -> String {
+        format!("{config:?}")
+    }
+
+    #[test]
     fn missing_file_is_reported() {
         let error = Config::load(Some(Path::new("/nonexistent/broker.toml"))).expect_err("x");
         assert!(error.to_string().contains("/nonexistent/broker.toml"));

@@ -20,6 +20,9 @@ enum Command {
         /// TOML configuration file; every key has a default. `BROKER_*` variables override it.
         #[arg(long, env = "BROKER_CONFIG")]
         config: Option<PathBuf>,
+        /// Development mode: create the development PKI in `certs/dev` if it is missing.
+        #[arg(long)]
+        dev: bool,
     },
     /// Development certificates (never for production keys).
     Certs {
@@ -57,7 +60,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config, dev } => run(config, dev),
         Command::Certs { dir, command } => certs(dir, command),
     };
     match result {
@@ -69,7 +72,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(config: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
+    if dev {
+        certs(PathBuf::from("certs/dev"), CertsCommand::Init)?;
+    }
     let config = broker::Config::load(config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
