@@ -24,6 +24,10 @@ pub struct RoleRules {
     /// May use `$share/<group>/...` subscriptions.
     #[serde(default)]
     pub shared: bool,
+    /// May connect several times at once with client ids `<id>.<suffix>` (a service that
+    /// spreads its load over several connections); otherwise the client id must be `<id>`.
+    #[serde(default)]
+    pub client_id_suffix: bool,
 }
 
 /// The default rules: see `topics.md`.
@@ -41,6 +45,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 ]),
                 subscribe: list(&["taxi/%c/inbox"]),
                 shared: false,
+                client_id_suffix: false,
             },
         ),
         (
@@ -49,6 +54,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 publish: list(&["taxi/+/inbox"]),
                 subscribe: list(&["taxi/+/ack", "taxi/+/status"]),
                 shared: false,
+                client_id_suffix: false,
             },
         ),
         (
@@ -57,6 +63,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 publish: Vec::new(),
                 subscribe: list(&["taxi/#"]),
                 shared: false,
+                client_id_suffix: false,
             },
         ),
         (
@@ -70,6 +77,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                     "taxi/+/status",
                 ]),
                 shared: true,
+                client_id_suffix: true,
             },
         ),
     ])
@@ -84,6 +92,18 @@ impl RoleRules {
             }
         }
         Ok(())
+    }
+
+    /// Is `client_id` an MQTT client id the holder of certificate id `id` may use?
+    pub fn accepts_client_id(&self, id: &str, client_id: &str) -> bool {
+        if client_id == id {
+            return true;
+        }
+        self.client_id_suffix
+            && client_id
+                .strip_prefix(id)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|suffix| suffix.len() <= 64 && wire::is_valid_device_id(suffix))
     }
 
     /// May `client_id` publish to `topic`?
@@ -217,6 +237,17 @@ mod tests {
         assert!(!bridge.may_subscribe("b", "$share//taxi/+/tour"));
         assert!(!bridge.may_subscribe("b", "$share/ingest"));
         assert!(bridge.may_publish("b", "taxi/t1/inbox"));
+    }
+
+    #[test]
+    fn only_services_may_suffix_their_client_id() {
+        assert!(rules("taxi").accepts_client_id("t1", "t1"));
+        assert!(!rules("taxi").accepts_client_id("t1", "t1.2"));
+        assert!(!rules("taxi").accepts_client_id("t1", "t2"));
+        assert!(rules("bridge").accepts_client_id("bridge", "bridge.a-1"));
+        assert!(!rules("bridge").accepts_client_id("bridge", "bridge."));
+        assert!(!rules("bridge").accepts_client_id("bridge", "bridgex.1"));
+        assert!(!rules("bridge").accepts_client_id("bridge", "bridge.a/b"));
     }
 
     #[test]

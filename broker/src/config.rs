@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::RoleRules;
@@ -122,36 +120,19 @@ impl Default for Config {
     }
 }
 
-/// A configuration that could not be loaded, with the key and source it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration file {0} does not exist")]
-    Missing(PathBuf),
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use service::ConfigError;
 
 impl Config {
     /// Loads defaults, then the TOML file (if given), then `BROKER_*` environment variables
     /// (`BROKER_MQTT__LISTEN=0.0.0.0:8883`: sections separated by a double underscore).
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(ConfigError::Missing(file.to_owned()));
-            }
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment = figment.merge(Env::prefixed("BROKER_").ignore(&["CONFIG"]).split("__"));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        let config: Config = service::load(Config::default(), file, "BROKER_", &[])?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let invalid = |key: &str, why: &str| Err(ConfigError::invalid(key, why));
         if self.mqtt.max_connections == 0 {
             return invalid("mqtt.max_connections", "must be at least 1");
         }
@@ -173,7 +154,7 @@ impl Config {
         for (role, rules) in &self.acl {
             rules
                 .validate()
-                .map_err(|why| ConfigError::Invalid(format!("acl.{role}: {why}")))?;
+                .map_err(|why| ConfigError::invalid(&format!("acl.{role}"), why))?;
         }
         for role in &self.status.roles {
             if !self.acl.contains_key(role) {
@@ -182,30 +163,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Turns figment's errors into one line per problem, each naming key and source.
-fn describe(error: figment::Error) -> String {
-    error
-        .into_iter()
-        .map(|e| {
-            let key = if e.path.is_empty() {
-                String::new()
-            } else {
-                format!(" at key `{}`", e.path.join("."))
-            };
-            let source = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-                Some(source) => format!(" in {source}"),
-                None => e
-                    .metadata
-                    .as_ref()
-                    .map(|m| format!(" in {}", m.name))
-                    .unwrap_or_default(),
-            };
-            format!("invalid configuration{key}{source}: {}", e.kind)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

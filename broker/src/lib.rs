@@ -58,7 +58,7 @@ pub struct RunningBroker {
 
 /// Starts the router, the mTLS listener and the HTTP port on the current tokio runtime.
 pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
-    http::prometheus();
+    service::ops::prometheus();
     let router_config = rumqttd::RouterConfig {
         // Room for sessions that are being taken over while their successor attaches.
         max_connections: config.mqtt.max_connections + 1024,

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(about = "Taxi fleet MQTT broker with mutual TLS and per-taxi authorization")]
@@ -52,12 +51,7 @@ enum CertsCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off")),
-        )
-        .init();
+    service::logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config, dev } => run(config, dev),

@@ -73,7 +73,7 @@ where
     let Some(rules) = shared.config.acl.get(&identity.role) else {
         return refuse_connect(conn, &identity, "unknown_role", "role has no rules").await;
     };
-    if connect.client_id != identity.id {
+    if !rules.accepts_client_id(&identity.id, &connect.client_id) {
         warn!(
             certificate_id = identity.id,
             client_id = connect.client_id,
@@ -94,11 +94,11 @@ where
 
     let registration = shared
         .registry
-        .register(&identity.id, &identity.serial, TAKEOVER_WAIT)
+        .register(&connect.client_id, &identity.serial, TAKEOVER_WAIT)
         .await;
 
     let links = shared.links.clone();
-    let client_id = identity.id.clone();
+    let client_id = connect.client_id.clone();
     let clean_session = connect.clean_session;
     let built = tokio::task::spawn_blocking(move || links(&client_id, clean_session)).await;
     let (link_tx, link_rx, connack) = match built {
@@ -107,14 +107,14 @@ where
             warn!(id = identity.id, error = %e, "router refused the connection");
             shared
                 .registry
-                .unregister(&identity.id, registration.generation);
+                .unregister(&connect.client_id, registration.generation);
             return refuse_connect(conn, &identity, "router_full", "server unavailable").await;
         }
         Err(e) => {
             warn!(id = identity.id, error = %e, "attaching to the router failed");
             shared
                 .registry
-                .unregister(&identity.id, registration.generation);
+                .unregister(&connect.client_id, registration.generation);
             return;
         }
     };
@@ -164,11 +164,11 @@ where
         Ok(()) => session.serve(&registration).await,
         Err(e) => End::Network(ReadError::Io(e)),
     };
-    session.close(end, will, registration.generation).await;
+    session.close(end, will, &connect.client_id, registration.generation).await;
     registration.finish();
     shared
         .registry
-        .unregister(&session.identity.id, registration.generation);
+        .unregister(&connect.client_id, registration.generation);
     metrics::gauge!("broker_sessions").decrement(1.0);
 }
 
@@ -458,7 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Ends the session: the will if it ended badly, the offline status, leaving the router.
-    async fn close(&mut self, end: End, will: Option<LastWill>, generation: u64) {
+    async fn close(&mut self, end: End, will: Option<LastWill>, client_id: &str, generation: u64) {
         let id = self.identity.id.clone();
         match &end {
             End::ClientDisconnected => debug!(id, "disconnected by the client"),
@@ -479,7 +479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 None,
             ));
         }
-        if self.publishes_status && self.shared.registry.is_current(&id, generation) {
+        if self.publishes_status && self.shared.registry.is_current(client_id, generation) {
             let payload = serde_json::json!({ "state": "offline", "at_ms": unix_ms() });
             last.push(Packet::Publish(
                 Publish::new(
