@@ -32,14 +32,15 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Connections held at once, handshakes included; more are closed at once.
     pub max_connections: usize,
-    /// TLS handshakes running at once; others wait (within their timeout).
-    pub max_concurrent_handshakes: usize,
     /// A TLS handshake must finish within this time.
     pub handshake_timeout_ms: u64,
     /// The MQTT CONNECT must arrive within this time after the handshake.
     pub connect_timeout_ms: u64,
     /// Largest MQTT packet accepted, in bytes; a larger one closes the connection.
     pub max_packet_size: usize,
+    /// A write to a client must complete within this time (and within 1.5 times the client's
+    /// keep-alive), or the client is taken for gone and disconnected.
+    pub write_timeout_ms: u64,
 }
 
 /// Certificates: the broker's own, the CAs that sign client certificates, and the CRL.
@@ -92,10 +93,10 @@ impl Default for Config {
             mqtt: MqttConfig {
                 listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
                 max_connections: 15_000,
-                max_concurrent_handshakes: 256,
                 handshake_timeout_ms: 10_000,
                 connect_timeout_ms: 10_000,
                 max_packet_size: 256 * 1024,
+                write_timeout_ms: 30_000,
             },
             tls: TlsConfig {
                 server_cert: dev.join("server.pem"),
@@ -136,8 +137,8 @@ impl Config {
         if self.mqtt.max_connections == 0 {
             return invalid("mqtt.max_connections", "must be at least 1");
         }
-        if self.mqtt.max_concurrent_handshakes == 0 {
-            return invalid("mqtt.max_concurrent_handshakes", "must be at least 1");
+        if self.mqtt.write_timeout_ms == 0 {
+            return invalid("mqtt.write_timeout_ms", "must be at least 1");
         }
         if self.mqtt.max_packet_size < 64 {
             return invalid("mqtt.max_packet_size", "must be at least 64 bytes");

@@ -43,17 +43,28 @@ pub struct Connection<S> {
     write: BytesMut,
     version: Option<Version>,
     max_packet_size: usize,
+    /// A write must complete within this time, or the client is taken for gone.
+    write_timeout: Duration,
+    /// A write was cut short (timeout or cancellation): the stream is no longer usable.
+    broken: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    pub fn new(stream: S, max_packet_size: usize) -> Connection<S> {
+    pub fn new(stream: S, max_packet_size: usize, write_timeout: Duration) -> Connection<S> {
         Connection {
             stream,
             read: BytesMut::with_capacity(1024),
             write: BytesMut::with_capacity(1024),
             version: None,
             max_packet_size,
+            write_timeout,
+            broken: false,
         }
+    }
+
+    /// Changes how long a write may take (once the client's keep-alive is known).
+    pub fn set_write_timeout(&mut self, write_timeout: Duration) {
+        self.write_timeout = write_timeout;
     }
 
     /// The version, known once the CONNECT has been read.
@@ -120,13 +131,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
     }
 
-    /// Sends everything buffered.
+    /// Sends everything buffered, within the write timeout: a client that stops reading
+    /// cannot hold its session (and the router's messages for it) forever.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.write.is_empty() {
-            self.stream.write_all(&self.write).await?;
-            self.write.clear();
+        if self.broken {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier write did not complete",
+            ));
         }
-        self.stream.flush().await
+        self.broken = true;
+        let write = async {
+            if !self.write.is_empty() {
+                self.stream.write_all(&self.write).await?;
+            }
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(Ok(())) => {
+                self.write.clear();
+                self.broken = false;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read what was sent to it",
+            )),
+        }
     }
 
     /// Encodes and sends one packet.
@@ -137,7 +169,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Closes the TLS session politely, without waiting long.
     pub async fn shutdown(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        if !self.broken {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        }
     }
 }
 

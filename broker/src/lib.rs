@@ -38,7 +38,7 @@ use registry::Registry;
 
 /// Attaches a client to the router: `(client id, clean session)` to its link.
 pub type LinkFactory =
-    Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync>;
+    Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync>;
 
 /// What every session shares.
 pub struct Shared {
@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
             .clean_session(clean_session)
             .topic_alias_max(0)
             .build()
+            .map_err(Box::new)
     });
 
     let shared = Arc::new(Shared {

@@ -1,8 +1,9 @@
 //! The mTLS listener: accepts sockets and runs each TLS handshake in its own task.
 //!
-//! Unlike rumqttd's own listeners, a handshake never blocks the accept loop: handshakes run
-//! concurrently (up to a limit), each within a timeout, and the number of connections held
-//! at once is bounded. A client whose certificate is missing, unknown, expired or revoked is
+//! Unlike rumqttd's own listeners, a handshake never blocks the accept loop: every handshake
+//! runs in its own task within a timeout, and the number of connections held at once
+//! (handshakes included) is bounded. There is deliberately no separate limit on concurrent
+//! handshakes: idle sockets would fill it and lock legitimate clients out. A client whose certificate is missing, unknown, expired or revoked is
 //! refused here, counted by reason.
 
 use std::io;
@@ -23,7 +24,6 @@ use crate::{session, Shared};
 /// Accepts connections forever.
 pub async fn serve(listener: TcpListener, tls: TlsState, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(shared.config.mqtt.max_connections));
-    let handshakes = Arc::new(Semaphore::new(shared.config.mqtt.max_concurrent_handshakes));
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -40,32 +40,21 @@ pub async fn serve(listener: TcpListener, tls: TlsState, shared: Arc<Shared>) {
         };
         let _ = socket.set_nodelay(true);
         let tls = tls.clone();
-        let handshakes = handshakes.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
             metrics::counter!("broker_connections_total").increment(1);
             metrics::gauge!("broker_connections").increment(1.0);
-            accept(socket, peer, tls, handshakes, shared).await;
+            accept(socket, peer, tls, shared).await;
             metrics::gauge!("broker_connections").decrement(1.0);
         });
     }
 }
 
-async fn accept(
-    socket: TcpStream,
-    peer: SocketAddr,
-    tls: TlsState,
-    handshakes: Arc<Semaphore>,
-    shared: Arc<Shared>,
-) {
+async fn accept(socket: TcpStream, peer: SocketAddr, tls: TlsState, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls.current());
     let timeout = Duration::from_millis(shared.config.mqtt.handshake_timeout_ms);
-    let handshake = async {
-        let _slot = handshakes.acquire().await;
-        acceptor.accept(socket).await
-    };
-    let stream = match tokio::time::timeout(timeout, handshake).await {
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             let (reason, detail) = classify(&e);

@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill, Packet,
-    PingResp, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectProperties, DisconnectReasonCode, Filter,
+    LastWill, Packet, PingResp, Publish, SubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -55,7 +55,8 @@ pub async fn run<S>(stream: S, identity: Identity, peer: SocketAddr, shared: Arc
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut conn = Connection::new(stream, shared.config.mqtt.max_packet_size);
+    let write_timeout = Duration::from_millis(shared.config.mqtt.write_timeout_ms);
+    let mut conn = Connection::new(stream, shared.config.mqtt.max_packet_size, write_timeout);
     let connect_timeout = Duration::from_millis(shared.config.mqtt.connect_timeout_ms);
     let first = conn
         .read_packet(Some(Instant::now() + connect_timeout))
@@ -144,6 +145,12 @@ where
     );
 
     let publishes_status = shared.config.status.roles.contains(&identity.role);
+    let keep_alive = (connect.keep_alive > 0)
+        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    // A client that reads nothing for its keep-alive time is as gone as one that sends nothing.
+    if let Some(keep_alive) = keep_alive {
+        conn.set_write_timeout(keep_alive.min(write_timeout));
+    }
     let mut session = Session {
         conn,
         link_tx,
@@ -152,8 +159,7 @@ where
         rules: rules.clone(),
         shared: shared.clone(),
         pending_subacks: HashMap::new(),
-        keep_alive: (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+        keep_alive,
         publishes_status,
     };
     let written = session.conn.write_packet(Packet::ConnAck(ack, props)).await;
@@ -164,7 +170,9 @@ where
         Ok(()) => session.serve(&registration).await,
         Err(e) => End::Network(ReadError::Io(e)),
     };
-    session.close(end, will, &connect.client_id, registration.generation).await;
+    session
+        .close(end, will, &connect.client_id, registration.generation)
+        .await;
     registration.finish();
     shared
         .registry
@@ -245,8 +253,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         Ok(packet) => packet,
                         Err(e) => return End::Network(e),
                     };
-                    if let Err(end) = self.from_client(packet).await {
-                        return end;
+                    tokio::select! {
+                        biased;
+                        reason = registration.stopped() => return End::Stopped(reason),
+                        handled = self.handle_client_packets(packet) => {
+                            if let Err(end) = handled {
+                                return end;
+                            }
+                        }
                     }
                 }
                 notification = self.link_rx.next() => {
@@ -255,8 +269,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         Ok(None) => continue,
                         Err(_) => return End::RouterClosed,
                     };
-                    if let Err(end) = self.from_router(notification).await {
-                        return end;
+                    tokio::select! {
+                        biased;
+                        reason = registration.stopped() => return End::Stopped(reason),
+                        handled = self.handle_router_notifications(notification) => {
+                            if let Err(end) = handled {
+                                return end;
+                            }
+                        }
                     }
                 }
             }
@@ -264,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Checks and forwards one packet from the client and any others already buffered.
-    async fn from_client(&mut self, first: Packet) -> Result<(), End> {
+    async fn handle_client_packets(&mut self, first: Packet) -> Result<(), End> {
         let mut forward = Vec::new();
         let mut outcome = Ok(());
         let mut next = Some(first);
@@ -361,9 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Tells an MQTT 5 client why it is being disconnected (MQTT 3.1.1 has no such packet).
     fn send_disconnect(&mut self, reason_code: DisconnectReasonCode) {
         if self.conn.version() == Some(Version::V5) {
-            let _ = self
-                .conn
-                .buffer_packet(Packet::Disconnect(Disconnect { reason_code }, None));
+            let _ = self.conn.buffer_packet(disconnect_packet(reason_code));
         }
     }
 
@@ -387,7 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Writes one notification from the router and any others already waiting.
-    async fn from_router(&mut self, first: Notification) -> Result<(), End> {
+    async fn handle_router_notifications(&mut self, first: Notification) -> Result<(), End> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(notification) = next.take() {
@@ -413,9 +431,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Notification::Unschedule => {
                 return self.link_rx.wake().await.map_err(|_| End::RouterClosed);
             }
-            Notification::Disconnect(disconnect, props) => {
+            Notification::Disconnect(disconnect, _) => {
                 if self.conn.version() == Some(Version::V5) {
-                    self.buffer(Packet::Disconnect(disconnect, props))?;
+                    self.buffer(disconnect_packet(disconnect.reason_code))?;
                 }
                 let _ = self.conn.flush().await;
                 return Err(End::RouterClosed);
@@ -500,6 +518,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let _ = self.conn.flush().await;
         self.conn.shutdown().await;
     }
+}
+
+/// An MQTT 5 DISCONNECT with a human-readable reason. (The reason string also keeps
+/// rumqttd's encoder away from its short form, which drops the reason code.)
+fn disconnect_packet(reason_code: DisconnectReasonCode) -> Packet {
+    let reason = match reason_code {
+        DisconnectReasonCode::NotAuthorized => "not authorized",
+        DisconnectReasonCode::ProtocolError => "protocol error",
+        _ => "disconnected by the server",
+    };
+    Packet::Disconnect(
+        Disconnect { reason_code },
+        Some(DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(reason.to_owned()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    )
 }
 
 fn unix_ms() -> i64 {

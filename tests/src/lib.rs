@@ -1,1 +1,111 @@
+//! Harness for the broker's integration tests: a throw-away PKI, an in-process broker on
+//! ephemeral ports, and real MQTT clients (rumqttc, `mosquitto_sub`/`mosquitto_pub`, raw
+//! MQTT over TLS) whose events can be awaited with bounded timeouts.
+//!
+//! - [`pki`]: [`TestPki`], a CA, a server certificate, client certificates of every kind, CRLs.
+//! - [`broker`]: [`TestBroker`], the broker started in-process with short reload intervals.
+//! - [`mqtt`]: [`MqttClient`], rumqttc (MQTT 3.1.1 and 5) with its events on a channel.
+//! - [`mosquitto`]: the `mosquitto_sub` and `mosquitto_pub` command-line clients.
+//! - [`raw`]: hand-written MQTT 3.1.1 packets over mutual TLS, for what clients refuse to send.
+//! - [`http`]: a tiny HTTP/1.1 GET and a Prometheus text parser.
+//!
+//! Every wait is bounded: [`WAIT`] for things that must happen.
 
+pub mod broker;
+pub mod http;
+pub mod mosquitto;
+pub mod mqtt;
+pub mod pki;
+pub mod raw;
+
+use std::sync::Once;
+use std::time::Duration;
+
+pub use broker::TestBroker;
+pub use mosquitto::{MosquittoPub, MosquittoSub, PubOutput, SubProcess};
+pub use mqtt::{ClientBuilder, Closed, Event, Message, MqttClient, Version};
+pub use pki::{ClientCert, TestPki};
+
+/// How long a test waits for something that must happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// SUBACK code of a refused filter in MQTT 3.1.1.
+pub const SUBACK_FAILURE_V4: u8 = 0x80;
+/// SUBACK reason code "not authorized" in MQTT 5.
+pub const SUBACK_NOT_AUTHORIZED_V5: u8 = 0x87;
+/// CONNACK return code "not authorized" in MQTT 3.1.1.
+pub const CONNACK_NOT_AUTHORIZED_V4: u8 = 0x05;
+/// CONNACK reason code "not authorized" in MQTT 5.
+pub const CONNACK_NOT_AUTHORIZED_V5: u8 = 0x87;
+/// DISCONNECT reason code "not authorized" in MQTT 5.
+pub const DISCONNECT_NOT_AUTHORIZED_V5: u8 = 0x87;
+
+/// Process-wide set-up, done once: the rustls crypto provider and log output.
+///
+/// Logs go to the test's captured output (shown for failing tests); `RUST_LOG` overrides the
+/// default filter.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Fails only when a provider is installed already, which is what we want.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("broker=info,rumqttd=warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A JSON `Position` payload (valid per `topics.md`) carrying `seq`.
+pub fn position_json(seq: u64) -> Vec<u8> {
+    serde_json::json!({
+        "seq": seq,
+        "ts_ms": unix_ms(),
+        "lat": 52.520008,
+        "lon": 13.404954,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A JSON `InboxMessage` payload (valid per `topics.md`) with the given order id.
+pub fn inbox_json(order_id: &str, text: &str) -> Vec<u8> {
+    serde_json::json!({
+        "order_id": order_id,
+        "kind": "message",
+        "text": text,
+        "created_ms": unix_ms(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The `state` field of a `Status` JSON payload (`online` / `offline`).
+pub fn status_state(payload: &[u8]) -> anyhow::Result<String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
+        anyhow::anyhow!(
+            "status payload {:?} is not JSON: {e}",
+            String::from_utf8_lossy(payload)
+        )
+    })?;
+    value
+        .get("state")
+        .and_then(|s| s.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "status payload {:?} has no string `state`",
+                String::from_utf8_lossy(payload)
+            )
+        })
+}
