@@ -1,0 +1,249 @@
+//! Bridge configuration: one TOML file plus `BRIDGE_`-prefixed environment overrides.
+//!
+//! Each stage has its own section: `[mqtt]` (the source), `[validation]` (the transform),
+//! `[postgres]` and `[archive]` (the sinks), `[batch]`, `[retention]`, `[http]`. Every key has
+//! a default for a local development platform; unknown keys are errors naming the key and the
+//! file. `DATABASE_URL` overrides `postgres.url`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole bridge configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Unique name of this bridge process: names its archive objects and MQTT sessions.
+    pub id: String,
+    /// Local state: the archive spool lives here.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    pub batch: BatchConfig,
+    pub validation: ValidationConfig,
+    pub postgres: PostgresConfig,
+    pub archive: ArchiveConfig,
+    pub retention: RetentionConfig,
+    pub http: HttpConfig,
+}
+
+/// The MQTT source: a group of connections sharing subscriptions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// The bridge's client certificate (`OU=bridge`) and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The certificate's id (CN); connections use `<client_id>.<bridge id>-<n>`.
+    pub client_id: String,
+    /// Shared subscription group: bridges in one group split the messages.
+    pub group: String,
+    /// Connections per bridge; each has at most 100 unacknowledged messages in flight.
+    pub connections: usize,
+    /// Topic kinds consumed (`position`, `tour`, `ack`, `status`).
+    pub topics: Vec<String>,
+    pub keep_alive_secs: u64,
+    /// Largest packet accepted from the broker.
+    pub max_packet_size: usize,
+}
+
+/// When a batch is committed: whichever comes first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_messages: usize,
+    pub max_delay_ms: u64,
+}
+
+/// Plausibility rules for incoming messages.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Device time may be ahead of the bridge clock by at most this much.
+    pub max_future_ms: i64,
+    /// Reported speed limit.
+    pub max_speed_kmh: f64,
+    /// Speed implied by two consecutive fixes of one taxi.
+    pub max_implied_speed_kmh: f64,
+    /// Fixes closer than this in time are not checked for implied speed (GPS jitter).
+    pub min_implied_interval_ms: i64,
+    /// Taxis whose last fix is remembered for the implied-speed check.
+    pub remembered_taxis: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`; empty: the platform's local cluster.
+    pub url: String,
+    /// First retry delay after a failure; doubles up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+/// The raw archive: a local spool uploaded to S3-compatible storage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// S3 endpoint URL; empty: AWS's default endpoint for the region, unless `embedded`.
+    pub endpoint: String,
+    /// Serve the archive from an embedded S3-compatible server over `embedded_dir`.
+    pub embedded: bool,
+    pub embedded_dir: PathBuf,
+    pub embedded_listen: SocketAddr,
+    pub bucket: String,
+    pub region: String,
+    /// Credentials; empty: the AWS default chain (environment, profile, instance role).
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    /// A segment is closed and uploaded at this size (bytes, before compression)...
+    pub roll_bytes: u64,
+    /// ... or this long after its first record.
+    pub roll_interval_ms: u64,
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days of positions kept in PostgreSQL; older day partitions are dropped once archived.
+    pub days: u32,
+    /// Day partitions created ahead of today.
+    pub days_ahead: u32,
+    /// How often partitions are created and dropped.
+    pub check_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/metrics` and `/health`.
+    pub listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let dev = PathBuf::from("certs/dev");
+        Config {
+            id: "b1".to_owned(),
+            data_dir: PathBuf::from("data/bridge"),
+            mqtt: MqttConfig {
+                host: "localhost".to_owned(),
+                port: 8883,
+                ca: dev.join("ca.pem"),
+                cert: dev.join("bridge.pem"),
+                key: dev.join("bridge.key"),
+                client_id: "bridge".to_owned(),
+                group: "ingest".to_owned(),
+                connections: 8,
+                topics: vec!["position".to_owned(), "tour".to_owned(), "ack".to_owned()],
+                keep_alive_secs: 30,
+                max_packet_size: 256 * 1024,
+            },
+            batch: BatchConfig {
+                max_messages: 5_000,
+                max_delay_ms: 50,
+            },
+            validation: ValidationConfig {
+                max_future_ms: 5 * 60 * 1000,
+                max_speed_kmh: 250.0,
+                max_implied_speed_kmh: 300.0,
+                min_implied_interval_ms: 1_000,
+                remembered_taxis: 100_000,
+            },
+            postgres: PostgresConfig {
+                url: String::new(),
+                min_backoff_ms: 100,
+                max_backoff_ms: 10_000,
+            },
+            archive: ArchiveConfig {
+                endpoint: String::new(),
+                embedded: true,
+                embedded_dir: PathBuf::from("data/s3"),
+                embedded_listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+                bucket: "taxi-raw".to_owned(),
+                region: "us-east-1".to_owned(),
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
+                prefix: "raw".to_owned(),
+                roll_bytes: 8 * 1024 * 1024,
+                roll_interval_ms: 60_000,
+                min_backoff_ms: 200,
+                max_backoff_ms: 30_000,
+            },
+            retention: RetentionConfig {
+                days: 30,
+                days_ahead: 3,
+                check_interval_ms: 60_000,
+            },
+            http: HttpConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9884)),
+            },
+        }
+    }
+}
+
+pub use service::ConfigError;
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `BRIDGE_*` variables
+    /// (`BRIDGE_MQTT__CONNECTIONS=16`), then `DATABASE_URL`.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let extra: Vec<(&str, String)> = std::env::var("DATABASE_URL")
+            .map(|url| vec![("postgres.url", url)])
+            .unwrap_or_default();
+        let config: Config = service::load(Config::default(), file, "BRIDGE_", &extra)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| Err(ConfigError::invalid(key, why));
+        if !wire::is_valid_device_id(&self.id) {
+            return invalid("id", "use 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'");
+        }
+        if self.mqtt.connections == 0 || self.mqtt.connections > 256 {
+            return invalid("mqtt.connections", "must be between 1 and 256");
+        }
+        if !wire::is_valid_device_id(&self.mqtt.group) {
+            return invalid("mqtt.group", "use characters of A-Z, a-z, 0-9, '_' and '-'");
+        }
+        for topic in &self.mqtt.topics {
+            if !matches!(topic.as_str(), "position" | "tour" | "ack" | "status") {
+                return invalid(
+                    "mqtt.topics",
+                    &format!("unknown topic kind {topic:?} (position, tour, ack, status)"),
+                );
+            }
+        }
+        if self.mqtt.topics.is_empty() {
+            return invalid("mqtt.topics", "at least one topic kind is required");
+        }
+        if self.batch.max_messages == 0 {
+            return invalid("batch.max_messages", "must be at least 1");
+        }
+        if self.retention.days == 0 {
+            return invalid("retention.days", "must be at least 1");
+        }
+        if self.archive.bucket.is_empty() {
+            return invalid("archive.bucket", "must not be empty");
+        }
+        if !self.archive.embedded
+            && self.archive.endpoint.is_empty()
+            && self.archive.region.is_empty()
+        {
+            return invalid("archive", "set endpoint or region, or embedded = true");
+        }
+        if self.postgres.min_backoff_ms == 0 || self.archive.min_backoff_ms == 0 {
+            return invalid("min_backoff_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+}
