@@ -78,7 +78,8 @@ pub struct ValidationConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// `postgres://user:password@host:port/database`; empty: the platform's local cluster.
+    /// `postgres://user:password@host:port/database` (or `DATABASE_URL`). Required; the
+    /// `platform` command fills it in with its local cluster.
     pub url: String,
     /// First retry delay after a failure; doubles up to `max_backoff_ms`.
     pub min_backoff_ms: u64,
@@ -196,10 +197,15 @@ impl Config {
     /// Defaults, then the TOML file (if any), then `BRIDGE_*` variables
     /// (`BRIDGE_MQTT__CONNECTIONS=16`), then `DATABASE_URL`.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with_defaults(Config::default(), file)
+    }
+
+    /// Like [`Config::load`], over other defaults (the platform's, for example).
+    pub fn load_with_defaults(defaults: Config, file: Option<&Path>) -> Result<Config, ConfigError> {
         let extra: Vec<(&str, String)> = std::env::var("DATABASE_URL")
             .map(|url| vec![("postgres.url", url)])
             .unwrap_or_default();
-        let config: Config = service::load(Config::default(), file, "BRIDGE_", &extra)?;
+        let config: Config = service::load(defaults, file, "BRIDGE_", &extra)?;
         config.validate()?;
         Ok(config)
     }
@@ -226,6 +232,12 @@ impl Config {
         if self.mqtt.topics.is_empty() {
             return invalid("mqtt.topics", "at least one topic kind is required");
         }
+        if self.postgres.url.is_empty() {
+            return invalid(
+                "postgres.url",
+                "required: set it in the file, as BRIDGE_POSTGRES__URL, or as DATABASE_URL",
+            );
+        }
         if self.batch.max_messages == 0 {
             return invalid("batch.max_messages", "must be at least 1");
         }
@@ -245,5 +257,32 @@ impl Config {
             return invalid("min_backoff_ms", "must be at least 1");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_documents_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/bridge.toml");
+        let text = std::fs::read_to_string(example).expect("config/bridge.toml exists");
+        let mut defaults = Config::default();
+        defaults.postgres.url = "postgres://example".to_owned();
+        let loaded: Config = service::load(
+            defaults.clone(),
+            Some(Path::new(example)),
+            "BRIDGE_TEST_UNUSED_",
+            &[("postgres.url", "postgres://example".to_owned())],
+        )
+        .expect("example config is valid");
+        assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"), "{text}");
+    }
+
+    #[test]
+    fn missing_database_url_is_named() {
+        let error = Config::default().validate().expect_err("url is required");
+        assert!(error.to_string().contains("postgres.url"), "{error}");
     }
 }

@@ -22,12 +22,14 @@ use tempfile::TempDir;
 /// The system user running the cluster when the tests run as root.
 const SYSTEM_USER: &str = "postgres";
 
-/// How to run a test cluster. Defaults: `fsync=on`, 200 connections.
+/// How to run a cluster. Defaults: a temporary directory, a free port, `fsync=on`,
+/// 200 connections.
 #[derive(Clone, Debug)]
 pub struct Builder {
     fsync: bool,
     max_connections: u32,
     settings: Vec<(String, String)>,
+    kept: Option<(PathBuf, u16)>,
 }
 
 impl Default for Builder {
@@ -36,6 +38,7 @@ impl Default for Builder {
             fsync: true,
             max_connections: 200,
             settings: Vec::new(),
+            kept: None,
         }
     }
 }
@@ -59,8 +62,32 @@ impl Builder {
         self
     }
 
+    /// Keeps the cluster in `dir` (created on first use, reused afterwards) on a fixed
+    /// `port`; dropping stops the server cleanly and keeps the data. For the platform's
+    /// local database.
+    pub fn kept_in(mut self, dir: &Path, port: u16) -> Builder {
+        self.kept = Some((dir.to_owned(), port));
+        self
+    }
+
     pub fn start(self) -> anyhow::Result<TestPostgres> {
         TestPostgres::start_with(self)
+    }
+}
+
+/// Where a cluster lives: removed with it, or kept.
+#[derive(Debug)]
+enum Home {
+    Temporary(TempDir),
+    Kept(PathBuf),
+}
+
+impl Home {
+    fn path(&self) -> &Path {
+        match self {
+            Home::Temporary(dir) => dir.path(),
+            Home::Kept(dir) => dir,
+        }
     }
 }
 
@@ -69,7 +96,7 @@ impl Builder {
 pub struct TestPostgres {
     bindir: PathBuf,
     /// Holds `data/` (the cluster), the server's unix socket and `server.log`.
-    dir: TempDir,
+    dir: Home,
     port: u16,
     as_system_user: bool,
     options: String,
@@ -90,7 +117,10 @@ impl TestPostgres {
     fn start_with(builder: Builder) -> anyhow::Result<TestPostgres> {
         let bindir = bindir()?;
         let as_system_user = is_root();
-        let dir = tempfile::Builder::new().prefix("testkit-pg-").tempdir()?;
+        if let Some((dir, port)) = &builder.kept {
+            return TestPostgres::start_kept(&builder, bindir, as_system_user, dir, *port);
+        }
+        let dir = Home::Temporary(tempfile::Builder::new().prefix("testkit-pg-").tempdir()?);
         if as_system_user {
             chown_to_system_user(dir.path())?;
         }
@@ -116,6 +146,40 @@ impl TestPostgres {
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow!("PostgreSQL did not start")))
+    }
+
+    fn start_kept(
+        builder: &Builder,
+        bindir: PathBuf,
+        as_system_user: bool,
+        dir: &Path,
+        port: u16,
+    ) -> anyhow::Result<TestPostgres> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+        if as_system_user {
+            chown_to_system_user(&dir)?;
+        }
+        let data = dir.join("data");
+        if !data.join("PG_VERSION").exists() {
+            create_cluster(&bindir, &data, as_system_user)?;
+        }
+        let mut pg = TestPostgres {
+            bindir,
+            dir: Home::Kept(dir),
+            port,
+            as_system_user,
+            options: String::new(),
+            state: Mutex::new(()),
+        };
+        pg.options = pg.server_options(builder);
+        if data.join("postmaster.pid").exists() {
+            // Left by a process that died: pg_ctl start refuses while the file names a live
+            // server, and recovers otherwise.
+            let _ = pg.pg_ctl_stop("fast");
+        }
+        pg.pg_ctl_start()?;
+        Ok(pg)
     }
 
     /// `recovery_init_sync_method=syncfs`: after a crash the server syncs the data directory's
@@ -267,9 +331,13 @@ impl Drop for TestPostgres {
     fn drop(&mut self) {
         let _guard = self.lock();
         let data = self.data_dir();
+        let mode = match self.dir {
+            Home::Temporary(_) => "immediate",
+            Home::Kept(_) => "fast",
+        };
         if data.join("postmaster.pid").exists() {
-            if let Err(e) = self.pg_ctl_stop("immediate") {
-                tracing::warn!("stopping the test PostgreSQL: {e:#}");
+            if let Err(e) = self.pg_ctl_stop(mode) {
+                tracing::warn!("stopping PostgreSQL: {e:#}");
             }
         }
     }
