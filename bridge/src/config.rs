@@ -201,7 +201,10 @@ impl Config {
     }
 
     /// Like [`Config::load`], over other defaults (the platform's, for example).
-    pub fn load_with_defaults(defaults: Config, file: Option<&Path>) -> Result<Config, ConfigError> {
+    pub fn load_with_defaults(
+        defaults: Config,
+        file: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let extra: Vec<(&str, String)> = std::env::var("DATABASE_URL")
             .map(|url| vec![("postgres.url", url)])
             .unwrap_or_default();

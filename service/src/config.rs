@@ -50,7 +50,9 @@ where
     for (key, value) in extra {
         figment = figment.merge(Serialized::default(key, value));
     }
-    figment.extract().map_err(|e| ConfigError::Invalid(describe(e)))
+    figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(describe(e)))
 }
 
 /// One line per problem, each naming the key and its source.
@@ -133,15 +135,25 @@ mod tests {
 
     #[test]
     fn extra_overrides_win() {
-        let loaded = load(defaults(), None, "SETTINGS_TEST_", &[("section.name", "z".into())])
-            .expect("valid");
+        let loaded = load(
+            defaults(),
+            None,
+            "SETTINGS_TEST_",
+            &[("section.name", "z".into())],
+        )
+        .expect("valid");
         assert_eq!(loaded.section.name, "z");
     }
 
     #[test]
     fn missing_file_is_reported() {
-        let error = load(defaults(), Some(Path::new("/nonexistent/x.toml")), "S_", &[])
-            .expect_err("missing");
+        let error = load(
+            defaults(),
+            Some(Path::new("/nonexistent/x.toml")),
+            "S_",
+            &[],
+        )
+        .expect_err("missing");
         assert!(error.to_string().contains("/nonexistent/x.toml"));
     }
 }
