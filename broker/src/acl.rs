@@ -106,17 +106,52 @@ impl RoleRules {
                 .is_some_and(|suffix| suffix.len() <= 64 && wire::is_valid_device_id(suffix))
     }
 
+    /// The rules with `%c` replaced by one client's id, checked on every packet of its session.
+    pub fn for_client(&self, client_id: &str) -> ClientRules {
+        let expand = |patterns: &[String]| {
+            patterns
+                .iter()
+                .map(|pattern| pattern.replace("%c", client_id))
+                .collect()
+        };
+        ClientRules {
+            publish: expand(&self.publish),
+            subscribe: expand(&self.subscribe),
+            shared: self.shared,
+        }
+    }
+
     /// May `client_id` publish to `topic`?
     pub fn may_publish(&self, client_id: &str, topic: &str) -> bool {
-        is_valid_topic(topic)
-            && self
-                .publish
-                .iter()
-                .any(|pattern| filter_covers(&expand(pattern, client_id), topic))
+        self.for_client(client_id).may_publish(topic)
     }
 
     /// May `client_id` subscribe to `filter`?
     pub fn may_subscribe(&self, client_id: &str, filter: &str) -> bool {
+        self.for_client(client_id).may_subscribe(filter)
+    }
+}
+
+/// One client's rules, patterns already expanded.
+#[derive(Clone, Debug)]
+pub struct ClientRules {
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+    shared: bool,
+}
+
+impl ClientRules {
+    /// May this client publish to `topic`?
+    pub fn may_publish(&self, topic: &str) -> bool {
+        is_valid_topic(topic)
+            && self
+                .publish
+                .iter()
+                .any(|pattern| filter_covers(pattern, topic))
+    }
+
+    /// May this client subscribe to `filter`?
+    pub fn may_subscribe(&self, filter: &str) -> bool {
         let inner = match filter.strip_prefix("$share/") {
             Some(rest) => match rest.split_once('/') {
                 Some((group, inner)) if self.shared && !group.is_empty() && is_level(group) => {
@@ -130,12 +165,8 @@ impl RoleRules {
             && self
                 .subscribe
                 .iter()
-                .any(|pattern| filter_covers(&expand(pattern, client_id), inner))
+                .any(|pattern| filter_covers(pattern, inner))
     }
-}
-
-fn expand(pattern: &str, client_id: &str) -> String {
-    pattern.replace("%c", client_id)
 }
 
 /// A topic level may not hold wildcards.

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::acl::RoleRules;
+use crate::acl::ClientRules;
 use crate::connection::{Connection, ReadError, Version};
 use crate::identity::Identity;
 use crate::registry::StopReason;
@@ -155,12 +155,13 @@ where
         conn,
         link_tx,
         link_rx,
+        rules: rules.for_client(&identity.id),
         identity,
-        rules: rules.clone(),
         shared: shared.clone(),
         pending_subacks: HashMap::new(),
         keep_alive,
         publishes_status,
+        counters: Counters::new(),
     };
     let written = session.conn.write_packet(Packet::ConnAck(ack, props)).await;
     if session.publishes_status {
@@ -230,13 +231,29 @@ struct Session<S> {
     link_tx: LinkTx,
     link_rx: LinkRx,
     identity: Identity,
-    rules: RoleRules,
+    rules: ClientRules,
     shared: Arc<Shared>,
     /// For SUBSCRIBEs with refused filters: the refusal codes by position, keyed by packet
     /// id, merged into the router's SUBACK for the allowed ones.
     pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     keep_alive: Option<Duration>,
     publishes_status: bool,
+    counters: Counters,
+}
+
+/// Per-message counters, looked up once per session.
+struct Counters {
+    messages_in: metrics::Counter,
+    messages_out: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            messages_in: metrics::counter!("broker_messages_in_total"),
+            messages_out: metrics::counter!("broker_messages_out_total"),
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -319,19 +336,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Packet::Publish(publish, props) => {
                 let aliased = props.as_ref().is_some_and(|p| p.topic_alias.is_some());
                 let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
-                if aliased || !self.rules.may_publish(&self.identity.id, topic) {
+                if aliased || !self.rules.may_publish(topic) {
                     refusal("publish", &self.identity, topic);
                     self.send_disconnect(DisconnectReasonCode::NotAuthorized);
                     return Err(End::Refused(format!("publish to {topic:?}")));
                 }
-                metrics::counter!("broker_messages_in_total").increment(1);
+                self.counters.messages_in.increment(1);
                 forward.push(Packet::Publish(publish, props));
             }
             Packet::Subscribe(subscribe, props) => {
                 let mut codes = Vec::with_capacity(subscribe.filters.len());
                 let mut allowed: Vec<Filter> = Vec::new();
                 for filter in subscribe.filters {
-                    if self.rules.may_subscribe(&self.identity.id, &filter.path) {
+                    if self.rules.may_subscribe(&filter.path) {
                         codes.push(None);
                         allowed.push(filter);
                     } else {
@@ -455,7 +472,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.buffer(Packet::SubAck(suback, props))
             }
             Some(packet @ Packet::Publish(..)) => {
-                metrics::counter!("broker_messages_out_total").increment(1);
+                self.counters.messages_out.increment(1);
                 self.buffer(packet)
             }
             Some(packet) => self.buffer(packet),
