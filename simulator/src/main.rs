@@ -1,1 +1,273 @@
-fn main() {}
+//! `simulator`: simulated taxis over mutual TLS, and the broker benchmark.
+//!
+//! - `simulator fleet`: N taxis publishing positions to a running broker until Ctrl-C.
+//! - `simulator bench-broker`: our broker against Mosquitto, same machine, same certificates:
+//!   throughput and latency, handshakes per second, memory per idle connection.
+//! - `simulator bench-bridge`: taxis through the broker into the bridge and PostgreSQL,
+//!   against PostgreSQL's own COPY rate and a naive bridge.
+//!
+//! The library (`simulator::*`) holds the code; this is the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use simulator::bench::{BenchArgs, Phase, System};
+use simulator::fleet::FleetArgs;
+use simulator::ingest::{IngestArgs, IngestPhase};
+use simulator::{baseline, bench, fleet, ingest, target};
+
+#[derive(Parser)]
+#[command(about = "Simulated taxi fleet, broker benchmark and bridge benchmark over mutual TLS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measures our broker against Mosquitto on this machine: throughput and latency,
+    /// handshakes per second and memory per idle connection.
+    BenchBroker {
+        /// Publishing taxis, one connection each.
+        #[arg(long, default_value_t = 100)]
+        taxis: usize,
+        /// QoS 1 positions per second per taxi; 0 publishes as fast as possible.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Measured seconds of publishing (after the warm-up).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Seconds of publishing before the measurement starts.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Idle connections opened to measure memory per connection.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Connections opened and closed to measure handshakes per second.
+        #[arg(long, default_value_t = 2_000)]
+        handshakes: usize,
+        /// Connections being opened at once in the handshake and idle phases.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Our broker binary [default: `broker` beside this executable].
+        #[arg(long)]
+        broker_bin: Option<PathBuf>,
+        /// The Mosquitto binary.
+        #[arg(long, default_value = baseline::DEFAULT_BINARY)]
+        mosquitto_bin: PathBuf,
+        /// Brokers to measure, in this order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "ours,mosquitto"
+        )]
+        systems: Vec<System>,
+        /// Phases to run, in this order for each broker.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "throughput,handshakes,idle"
+        )]
+        phases: Vec<Phase>,
+        /// Keep the temporary directory with the certificates, broker configurations and logs.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Measures the bridge: taxis publish through the broker, the bridge commits to a private
+    /// PostgreSQL; sustained positions per second, publish-to-commit delay and losses, against
+    /// PostgreSQL's own binary COPY rate and a naive one-INSERT-per-message bridge.
+    BenchBridge {
+        /// Publishing taxis, one connection each.
+        #[arg(long, default_value_t = 500)]
+        taxis: usize,
+        /// QoS 1 positions per second offered by all taxis together.
+        #[arg(long, default_value_t = 60_000.0)]
+        rate: f64,
+        /// Measured seconds of the bridge phase (after the warm-up).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Seconds of publishing before the measurement starts.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Measured seconds of the naive bridge.
+        #[arg(long, default_value_t = 10.0)]
+        naive_seconds: f64,
+        /// The bridge's MQTT connections (`mqtt.connections`).
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// The bridge's batch size (`batch.max_messages`), also used by the ceiling phase.
+        #[arg(long, default_value_t = 2_000)]
+        batch: usize,
+        /// The bridge's `batch.max_delay_ms` [default: the bridge's].
+        #[arg(long)]
+        batch_delay_ms: Option<u64>,
+        /// Rows written in the ceiling phase [default: rate x seconds].
+        #[arg(long)]
+        ceiling_rows: Option<u64>,
+        /// Our broker binary [default: `broker` beside this executable].
+        #[arg(long)]
+        broker_bin: Option<PathBuf>,
+        /// Phases to run, in this order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "ceiling,bridge,naive"
+        )]
+        phases: Vec<IngestPhase>,
+        /// Keep the temporary directory with the certificates, broker configurations and logs.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Runs N taxis publishing positions to a running broker until Ctrl-C.
+    Fleet {
+        #[arg(long, default_value_t = 10)]
+        taxis: usize,
+        /// Positions per second per taxi.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Development PKI directory; missing taxi certificates are issued there.
+        #[arg(long, default_value = "certs/dev")]
+        certs: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let fleet_handles_ctrl_c = matches!(cli.command, Command::Fleet { .. });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The commands run on this (the main) thread; brokers started from it die with it.
+    let result = runtime.block_on(async {
+        let command = async {
+            match cli.command {
+                Command::BenchBroker {
+                    taxis,
+                    rate,
+                    seconds,
+                    warmup,
+                    idle,
+                    handshakes,
+                    concurrency,
+                    broker_bin,
+                    mosquitto_bin,
+                    systems,
+                    phases,
+                    keep,
+                } => {
+                    let broker_bin = match broker_bin {
+                        Some(path) => path,
+                        None => target::default_binary()?,
+                    };
+                    bench::run(BenchArgs {
+                        taxis,
+                        rate,
+                        seconds,
+                        warmup,
+                        idle,
+                        handshakes,
+                        concurrency,
+                        broker_bin,
+                        mosquitto_bin,
+                        systems,
+                        phases,
+                        keep,
+                    })
+                    .await
+                }
+                Command::BenchBridge {
+                    taxis,
+                    rate,
+                    seconds,
+                    warmup,
+                    naive_seconds,
+                    connections,
+                    batch,
+                    batch_delay_ms,
+                    ceiling_rows,
+                    broker_bin,
+                    phases,
+                    keep,
+                } => {
+                    let broker_bin = match broker_bin {
+                        Some(path) => path,
+                        None => target::default_binary()?,
+                    };
+                    ingest::run(IngestArgs {
+                        taxis,
+                        rate,
+                        seconds,
+                        warmup,
+                        naive_seconds,
+                        connections,
+                        batch,
+                        batch_delay_ms,
+                        ceiling_rows,
+                        broker_bin,
+                        phases,
+                        keep,
+                    })
+                    .await
+                }
+                Command::Fleet {
+                    taxis,
+                    rate,
+                    host,
+                    port,
+                    certs,
+                } => {
+                    fleet::run(FleetArgs {
+                        taxis,
+                        rate,
+                        host,
+                        port,
+                        certs,
+                    })
+                    .await
+                }
+            }
+        };
+        tokio::select! {
+            result = command => result,
+            // The fleet handles Ctrl-C itself; for the benchmark it stops everything, and
+            // dropping the running phase kills its broker.
+            _ = interrupted(), if !fleet_handles_ctrl_c => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // Connections still closing must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,181 @@
+//! `platform`: the whole platform on one machine, with embedded defaults.
+//!
+//! Starts, in one process: a development PKI (`certs/dev`), PostgreSQL (a private cluster
+//! under `data/postgres` from the system's binaries, unless `DATABASE_URL` is set), the
+//! broker, the bridge with its embedded S3-compatible archive (unless `BRIDGE_ARCHIVE__*`
+//! points elsewhere), and a simulated fleet. Then it prints where to look.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(about = "Runs broker, bridge, a local PostgreSQL, the archive and a simulated fleet")]
+struct Cli {
+    /// Simulated taxis (0: none).
+    #[arg(long, default_value_t = 20)]
+    taxis: usize,
+    /// Positions per second per simulated taxi.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Broker configuration file (see config/broker.toml).
+    #[arg(long)]
+    broker_config: Option<PathBuf>,
+    /// Bridge configuration file (see config/bridge.toml).
+    #[arg(long)]
+    bridge_config: Option<PathBuf>,
+    /// Where local state lives: PostgreSQL cluster, archive spool, embedded S3 objects.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Port of the local PostgreSQL cluster.
+    #[arg(long, default_value_t = 5433)]
+    postgres_port: u16,
+}
+
+const CERTS: &str = "certs/dev";
+
+fn main() -> ExitCode {
+    service::logging::init();
+    let cli = Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    dev_pki(Path::new(CERTS))?;
+
+    // PostgreSQL: DATABASE_URL, or a private cluster kept under the data directory.
+    let (database_url, _local_postgres) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let dir = cli.data.join("postgres");
+            info!(dir = %dir.display(), port = cli.postgres_port, "starting the local PostgreSQL");
+            let dir_for_task = dir.clone();
+            let port = cli.postgres_port;
+            let cluster = tokio::task::spawn_blocking(move || {
+                testkit::postgres::TestPostgres::builder()
+                    .kept_in(&dir_for_task, port)
+                    .start()
+            })
+            .await
+            .context("starting PostgreSQL")?
+            .with_context(|| format!("local PostgreSQL in {}", dir.display()))?;
+            (cluster.url(), Some(cluster))
+        }
+    };
+
+    let broker_config = broker::Config::load(cli.broker_config.as_deref())?;
+    let broker = broker::start(broker_config).await?;
+
+    let mut bridge_defaults = bridge::Config::default();
+    bridge_defaults.postgres.url = database_url.clone();
+    bridge_defaults.data_dir = cli.data.join("bridge");
+    bridge_defaults.archive.embedded_dir = cli.data.join("s3");
+    bridge_defaults.mqtt.port = broker.mqtt_addr.port();
+    let bridge_config =
+        bridge::Config::load_with_defaults(bridge_defaults, cli.bridge_config.as_deref())?;
+    let archive = bridge_config.archive.clone();
+    let bridge = bridge::start(bridge_config).await?;
+
+    print_guide(&database_url, &broker, &bridge, &archive);
+
+    if cli.taxis > 0 {
+        let fleet = simulator::fleet::FleetArgs {
+            taxis: cli.taxis,
+            rate: cli.rate,
+            host: "localhost".to_owned(),
+            port: broker.mqtt_addr.port(),
+            certs: PathBuf::from(CERTS),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = simulator::fleet::run(fleet).await {
+                tracing::error!(error = %format!("{e:#}"), "simulated fleet stopped");
+            }
+        });
+    }
+    stopped().await?;
+    info!("stopping");
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM, so the local PostgreSQL is stopped cleanly either way.
+async fn stopped() -> anyhow::Result<()> {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+/// Creates the development CA, server and client certificates if missing.
+fn dev_pki(dir: &Path) -> anyhow::Result<()> {
+    let pki = broker::pki::DevPki::open_or_create(dir)?;
+    for (id, role) in [
+        ("bridge", "bridge"),
+        ("backoffice", "backoffice"),
+        ("operator", "operator"),
+    ] {
+        if !dir.join(format!("{id}.pem")).exists() {
+            pki.issue_client(id, role, 365)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_guide(
+    database_url: &str,
+    broker: &broker::RunningBroker,
+    bridge: &bridge::RunningBridge,
+    archive: &bridge::config::ArchiveConfig,
+) {
+    let endpoint = bridge
+        .embedded_s3
+        .as_ref()
+        .map(|s3| s3.endpoint.clone())
+        .unwrap_or_else(|| archive.endpoint.clone());
+    let credentials = bridge
+        .embedded_s3
+        .as_ref()
+        .map(|s3| {
+            format!(
+                "AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} ",
+                s3.access_key_id, s3.secret_access_key
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "\nThe platform is running.
+  broker   mqtts://localhost:{mqtt}  (metrics http://{broker_http}/metrics)
+  bridge   metrics http://{bridge_http}/metrics
+  database {database_url}
+  archive  {endpoint} bucket {bucket}
+
+Watch the fleet:
+  mosquitto_sub -h localhost -p {mqtt} --cafile {CERTS}/ca.pem --cert {CERTS}/operator.pem \\
+    --key {CERTS}/operator.key -i operator -V mqttv5 -t 'taxi/+/position' -v
+Look at the stored positions:
+  psql {database_url} -c 'SELECT taxi_id, ts, lat, lon FROM latest_positions ORDER BY taxi_id'
+  psql {database_url} -c 'SELECT count(*) FROM positions'
+List the raw archive (objects appear as segments roll, every minute by default):
+  {credentials}aws --endpoint-url {endpoint} s3 ls s3://{bucket}/ --recursive
+
+Ctrl-C stops everything.\n",
+        mqtt = broker.mqtt_addr.port(),
+        broker_http = broker.http_addr,
+        bridge_http = bridge.http_addr,
+        bucket = archive.bucket,
+    );
+}
