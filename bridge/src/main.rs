@@ -40,17 +40,7 @@ enum Command {
 
 fn main() -> ExitCode {
     service::logging::init();
-    let cli = Cli::parse();
-    let result = tokio::runtime::Runtime::new()
-        .context("starting the runtime")
-        .and_then(|runtime| runtime.block_on(run(cli)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::process::run(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -58,9 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             let _running = bridge::start(config).await?;
-            tokio::signal::ctrl_c().await?;
-            tracing::info!("stopping");
-            Ok(())
+            service::process::stopped().await
         }
         Command::Replay { from, to, classes } => {
             let from_ms = parse_time("--from", &from)?;

@@ -53,17 +53,10 @@ enum CertsCommand {
 fn main() -> ExitCode {
     service::logging::init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    service::process::exit_status(match cli.command {
         Command::Run { config, dev } => run(config, dev),
         Command::Certs { dir, command } => certs(dir, command),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn run(config: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
@@ -74,9 +67,7 @@ fn run(config: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         broker::start(config).await?;
-        tokio::signal::ctrl_c().await?;
-        tracing::info!("stopping");
-        Ok(())
+        service::process::stopped().await
     })
 }
 

@@ -39,17 +39,7 @@ const CERTS: &str = "certs/dev";
 
 fn main() -> ExitCode {
     service::logging::init();
-    let cli = Cli::parse();
-    let result = tokio::runtime::Runtime::new()
-        .context("starting the runtime")
-        .and_then(|runtime| runtime.block_on(run(cli)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::process::run(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -104,20 +94,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
-    stopped().await?;
-    info!("stopping");
-    Ok(())
-}
-
-/// Waits for Ctrl-C or SIGTERM, so the local PostgreSQL is stopped cleanly either way.
-async fn stopped() -> anyhow::Result<()> {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+    // Ctrl-C or SIGTERM: the local PostgreSQL is stopped cleanly either way (on drop).
+    service::process::stopped().await
 }
 
 /// Creates the development CA, server and client certificates if missing.
