@@ -70,6 +70,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         shared_subscriptions_strategy: Default::default(),
     };
     let router_tx = Router::new(0, router_config).spawn();
+    // Without its router the broker is dead, even if its ports still answer: exit, so that a
+    // supervisor restarts it, rather than accept connections that can never attach.
+    let watched = router_tx.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            if watched.is_disconnected() {
+                tracing::error!("the router thread stopped; the broker exits");
+                std::process::exit(70);
+            }
+        }
+    });
     let links: LinkFactory = Arc::new(move |client_id: &str, clean_session: bool| {
         LinkBuilder::new(client_id, router_tx.clone())
             .clean_session(clean_session)

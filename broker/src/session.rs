@@ -32,6 +32,8 @@ use crate::Shared;
 
 /// Notifications written to the client in one go before flushing.
 const WRITE_BATCH: usize = 256;
+/// How long attaching to the router may take before the client is told to come back later.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new session waits for an older one of the same id to leave.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -101,7 +103,17 @@ where
     let links = shared.links.clone();
     let client_id = connect.client_id.clone();
     let clean_session = connect.clean_session;
-    let built = tokio::task::spawn_blocking(move || links(&client_id, clean_session)).await;
+    let attach = tokio::task::spawn_blocking(move || links(&client_id, clean_session));
+    let built = match tokio::time::timeout(ATTACH_TIMEOUT, attach).await {
+        Ok(built) => built,
+        Err(_) => {
+            warn!(id = identity.id, "the router did not answer");
+            shared
+                .registry
+                .unregister(&connect.client_id, registration.generation);
+            return refuse_connect(conn, &identity, "router_full", "server unavailable").await;
+        }
+    };
     let (link_tx, link_rx, connack) = match built {
         Ok(Ok(link)) => link,
         Ok(Err(e)) => {

@@ -8,14 +8,20 @@
 //! - [`mosquitto`]: the `mosquitto_sub` and `mosquitto_pub` command-line clients.
 //! - [`raw`]: hand-written MQTT 3.1.1 packets over mutual TLS, for what clients refuse to send.
 //! - [`http`]: a tiny HTTP/1.1 GET and a Prometheus text parser.
+//! - [`platform`]: broker, PostgreSQL, taxis and bridges together, for end-to-end tests.
+//! - [`bridge_process`]: the `bridge` program as a child process (to kill and restart).
+//! - [`archive`]: a bridge's raw archive read back from S3.
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
 
+pub mod archive;
+pub mod bridge_process;
 pub mod broker;
 pub mod http;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;
+pub mod platform;
 pub mod raw;
 
 use std::sync::Once;

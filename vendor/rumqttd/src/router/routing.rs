@@ -506,11 +506,11 @@ impl Router {
                     request.cursor = *cursor;
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                        // The group may be gone already (its last member just left): then
+                        // there is no shared cursor to rewind.
+                        if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
+                            group.cursor = *cursor;
+                        }
                     }
                 }
             }
@@ -669,7 +669,9 @@ impl Router {
                         let mut group = None;
 
                         if let Some((grp, filter_path)) = extract_group(&f.path) {
-                            group = Some(grp);
+                            // A group shares one read cursor, so it must read one filter:
+                            // the same share name on two filters makes two groups.
+                            group = Some(format!("{grp}/{filter_path}"));
                             filter = filter_path;
                         };
 
