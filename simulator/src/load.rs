@@ -293,7 +293,8 @@ pub async fn connect_taxis(
         }
     })
     .await;
-    let mut taxis: Vec<Option<(AsyncClient, EventLoop)>> = (0..clients.len()).map(|_| None).collect();
+    let mut taxis: Vec<Option<(AsyncClient, EventLoop)>> =
+        (0..clients.len()).map(|_| None).collect();
     for (index, result) in connected {
         let connection = result?;
         if let Some(slot) = taxis.get_mut(index) {
@@ -420,6 +421,16 @@ impl Taxis {
         }
         for driver in self.drivers.drain(..) {
             let _ = driver.await;
+        }
+    }
+}
+
+impl Drop for Taxis {
+    /// Taxis not stopped (a failed run) stop publishing and disconnect.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in self.publishers.iter().chain(&self.drivers) {
+            task.abort();
         }
     }
 }

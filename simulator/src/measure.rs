@@ -195,13 +195,103 @@ pub fn threads_cpu_time(pid: u32, prefix: &str) -> Result<Duration> {
     Ok(total)
 }
 
+/// CPU time used so far by each thread of process `pid`: thread id, name, CPU time.
+pub fn thread_cpu_times(pid: u32) -> Result<Vec<(u32, String, Duration)>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let entry = entry?;
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A thread may end between listing and reading.
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(stat) = parse_stat(&text) {
+            threads.push((tid, stat.name, stat.cpu));
+        }
+    }
+    Ok(threads)
+}
+
+/// The busiest threads of a process over a stretch of wall time.
+pub struct ThreadCpuMeter {
+    pid: u32,
+    start: std::collections::HashMap<u32, Duration>,
+    wall_start: Instant,
+}
+
+impl ThreadCpuMeter {
+    pub fn start(pid: u32) -> Result<ThreadCpuMeter> {
+        Ok(ThreadCpuMeter {
+            pid,
+            start: thread_cpu_times(pid)?
+                .into_iter()
+                .map(|(tid, _, cpu)| (tid, cpu))
+                .collect(),
+            wall_start: Instant::now(),
+        })
+    }
+
+    /// The `count` threads that used the most CPU since the start, busiest first.
+    pub fn stop(&self, count: usize) -> Result<Vec<(String, CpuUse)>> {
+        let wall = self.wall_start.elapsed();
+        let mut threads: Vec<(String, CpuUse)> = thread_cpu_times(self.pid)?
+            .into_iter()
+            .map(|(tid, name, cpu)| {
+                let before = self.start.get(&tid).copied().unwrap_or_default();
+                let cpu = cpu.saturating_sub(before);
+                (name, CpuUse { cpu, wall })
+            })
+            .collect();
+        threads.sort_by_key(|(_, use_)| std::cmp::Reverse(use_.cpu));
+        threads.truncate(count);
+        Ok(threads)
+    }
+}
+
+/// CPU time the whole machine has spent busy (not idle, not waiting for I/O) so far, over
+/// all CPUs, from `/proc/stat`.
+pub fn machine_busy_time() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_machine_busy(&stat).context("unreadable /proc/stat")
+}
+
+fn parse_machine_busy(stat: &str) -> Option<Duration> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    let busy: u64 = fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = if per_second > 0 {
+        per_second as u64
+    } else {
+        100
+    };
+    Some(Duration::from_micros(busy * 1_000_000 / per_second))
+}
+
 /// CPU time used so far by process `root` and each of its direct children, by process id.
 pub fn family_cpu_times(root: u32) -> Result<std::collections::HashMap<u32, Duration>> {
     let mut times = std::collections::HashMap::new();
     times.insert(root, cpu_time(root)?);
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
         let entry = entry?;
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -278,6 +368,18 @@ mod tests {
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         assert_eq!(stat.cpu, Duration::from_micros(300 * 1_000_000 / ticks));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_io_wait() {
+        let stat = "cpu  100 0 50 1000 30 5 5 0 0 0\ncpu0 50 0 25 500 15 2 3 0 0 0\n";
+        // SAFETY: sysconf only reads a system constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        assert_eq!(
+            parse_machine_busy(stat),
+            Some(Duration::from_micros(160 * 1_000_000 / ticks))
+        );
+        assert!(machine_busy_time().is_ok());
     }
 
     #[test]

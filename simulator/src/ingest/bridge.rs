@@ -245,14 +245,20 @@ mod tests {
         );
         assert_eq!(metrics.count("bridge_positions_committed_total"), 12345);
         assert_eq!(metrics.count("bridge_duplicates_total"), 0);
-        assert_eq!(metrics.quantile("bridge_commit_seconds", "0.99"), Some(0.25));
+        assert_eq!(
+            metrics.quantile("bridge_commit_seconds", "0.99"),
+            Some(0.25)
+        );
         assert_eq!(metrics.mean("bridge_commit_seconds"), Some(0.25));
         assert_eq!(metrics.mean("bridge_batch_messages"), None);
     }
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
     }
 
     #[test]

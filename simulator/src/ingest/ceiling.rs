@@ -218,10 +218,7 @@ mod tests {
     #[test]
     fn generated_rows_are_unique_per_taxi_and_batched() {
         let batches = generate(3, 10, 4, 1000.0);
-        assert_eq!(
-            batches.iter().map(Vec::len).collect::<Vec<_>>(),
-            [4, 4, 2]
-        );
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
         let mut keys = std::collections::HashSet::new();
         for record in batches.iter().flatten() {
             let Record::Position { taxi, position, .. } = record else {

@@ -93,8 +93,8 @@ impl Database {
 
     fn postmaster_pid(&self) -> Result<u32> {
         let path = self.data_dir().join("postmaster.pid");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         text.lines()
             .next()
             .and_then(|line| line.trim().parse().ok())
@@ -120,9 +120,7 @@ impl ClusterCpuMeter {
         let now = measure::family_cpu_times(self.postmaster)?;
         let cpu = now
             .iter()
-            .map(|(pid, cpu)| {
-                cpu.saturating_sub(self.start.get(pid).copied().unwrap_or_default())
-            })
+            .map(|(pid, cpu)| cpu.saturating_sub(self.start.get(pid).copied().unwrap_or_default()))
             .sum();
         Ok(CpuUse {
             cpu,

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::bench::raise_open_files;
 use crate::load::{self, Taxis, Timeline};
-use crate::measure::{CpuMeter, CpuUse};
+use crate::measure::{CpuMeter, CpuUse, ThreadCpuMeter};
 use crate::pki::{BenchPki, Client};
 use crate::process::BrokerProcess;
 use crate::target;
@@ -116,8 +116,7 @@ pub struct BridgeResult {
     pub ready_after: Duration,
     pub probe: ProbeReport,
     /// After the window: how long until everything acknowledged was committed (or gave up).
-    pub drain: Duration,
-    pub drained: bool,
+    pub drain: Drain,
     /// Over the whole run: acknowledged by the broker, stored, acknowledged but not stored,
     /// stored without a PUBACK seen.
     pub acked: u64,
@@ -128,9 +127,13 @@ pub struct BridgeResult {
     pub duplicates: u64,
     pub dead_letters: u64,
     pub broker_cpu: CpuUse,
+    /// The broker's busiest threads (its router is one of them).
+    pub broker_threads: Vec<(String, CpuUse)>,
     pub bridge_cpu: CpuUse,
     pub postgres_cpu: CpuUse,
     pub generator_cpu: CpuUse,
+    /// The whole machine, all CPUs: this run's processes and anything else running.
+    pub machine_cpu: CpuUse,
     /// From the bridge's own metrics, over the whole run.
     pub batch_mean: Option<f64>,
     pub commit_mean_s: Option<f64>,
@@ -357,7 +360,16 @@ async fn bridge_phase(
         batch_delay_ms: args.batch_delay_ms,
     })
     .await?;
-    let outcome = bridge_load(args, database, pki, &mut broker, &bridge, &url, probe_identity).await;
+    let outcome = bridge_load(
+        args,
+        database,
+        pki,
+        &mut broker,
+        &bridge,
+        &url,
+        probe_identity,
+    )
+    .await;
     bridge.stop().await;
     let alive = broker.check_running();
     broker.stop(Duration::from_secs(5)).await;
@@ -435,9 +447,11 @@ async fn bridge_load(
     };
     let first = sample(&bridge.metrics().await?);
     let broker_meter = CpuMeter::start(broker.pid())?;
+    let broker_threads_meter = ThreadCpuMeter::start(broker.pid())?;
     let own_meter = CpuMeter::start(std::process::id())?;
     let bridge_meter = ThreadsMeter::start(bridge::THREAD_NAME)?;
     let postgres_meter = database.cpu_meter()?;
+    let machine_start = crate::measure::machine_busy_time()?;
     let mut samples = vec![first];
     let mut tick = timeline.window_start;
     while tick < timeline.window_end {
@@ -459,9 +473,14 @@ async fn bridge_load(
     }
     let last = samples[samples.len() - 1];
     let broker_cpu = broker_meter.stop()?;
+    let broker_threads = broker_threads_meter.stop(3)?;
     let own_cpu = own_meter.stop()?;
     let bridge_cpu = bridge_meter.stop()?;
     let postgres_cpu = postgres_meter.stop()?;
+    let machine_cpu = CpuUse {
+        cpu: crate::measure::machine_busy_time()?.saturating_sub(machine_start),
+        wall: own_cpu.wall,
+    };
     let per_second: Vec<f64> = samples
         .windows(2)
         .map(|pair| pair[1].rate(&pair[0], |s| s.committed))
@@ -470,15 +489,20 @@ async fn bridge_load(
     // Drain: everything the broker acknowledged should end up committed.
     say("window over; waiting for the last PUBACKs and commits".to_owned());
     taxis.wait_acked().await;
-    let (drained, drain) = drain(bridge, &taxis, &probe).await?;
+    let drain = drain(bridge, &taxis, &probe).await?;
     say(format!(
-        "{} after {:.1} s",
-        if drained {
-            "drained"
+        "{} {} positions in {:.1} s{}",
+        if drain.caught_up {
+            "caught up:"
         } else {
-            "not drained (gave up)"
+            "not caught up (nothing more came):"
         },
-        drain.as_secs_f64()
+        drain.committed,
+        drain.took.as_secs_f64(),
+        drain
+            .per_second()
+            .map(|rate| format!(", {rate:.0}/s with nothing being published"))
+            .unwrap_or_default()
     ));
     let probe_report = probe.finish(false).await?;
     let metrics = bridge.metrics().await?;
@@ -512,7 +536,6 @@ async fn bridge_load(
         ready_after,
         probe: probe_report,
         drain,
-        drained,
         acked,
         stored: stored_total,
         lost,
@@ -520,9 +543,11 @@ async fn bridge_load(
         duplicates: metrics.count("bridge_duplicates_total"),
         dead_letters: database::dead_letters(url).await?,
         broker_cpu,
+        broker_threads,
         bridge_cpu,
         postgres_cpu,
         generator_cpu,
+        machine_cpu,
         batch_mean: metrics.mean("bridge_batch_messages"),
         commit_mean_s: metrics.mean("bridge_commit_seconds"),
         commit_p99_s: metrics.quantile("bridge_commit_seconds", "0.99"),
@@ -558,29 +583,63 @@ impl Sample {
     }
 }
 
+/// How the backlog was worked off after the publishers stopped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Drain {
+    /// Everything the broker acknowledged was committed.
+    pub caught_up: bool,
+    /// From the start of the drain to the last commit seen.
+    pub took: Duration,
+    /// Positions committed in that time.
+    pub committed: u64,
+    /// The machine's CPU use over that time.
+    pub machine_cpu: CpuUse,
+}
+
+impl Drain {
+    /// Positions committed per second while nothing was being published, if the backlog
+    /// lasted long enough to say (one second).
+    pub fn per_second(&self) -> Option<f64> {
+        (self.took >= Duration::from_secs(1))
+            .then(|| self.committed as f64 / self.took.as_secs_f64())
+    }
+}
+
 /// Waits until the bridge has committed everything the broker acknowledged, or nothing has
-/// moved for 10 s, or 120 s have passed. Returns whether it caught up, and the time taken.
-async fn drain(bridge: &BridgeUnderTest, taxis: &Taxis, probe: &Probe) -> Result<(bool, Duration)> {
+/// moved for 10 s, or 120 s have passed.
+async fn drain(bridge: &BridgeUnderTest, taxis: &Taxis, probe: &Probe) -> Result<Drain> {
     const QUIET: Duration = Duration::from_secs(10);
     const LIMIT: Duration = Duration::from_secs(120);
     let started = Instant::now();
-    let mut last = 0;
-    let mut last_change = Instant::now();
+    let machine_start = crate::measure::machine_busy_time()?;
+    let committed = || async {
+        anyhow::Ok(
+            bridge
+                .metrics()
+                .await?
+                .count("bridge_positions_committed_total"),
+        )
+    };
+    let first = committed().await?;
+    let mut last = (first, started, machine_start);
     loop {
-        let committed = bridge
-            .metrics()
-            .await?
-            .count("bridge_positions_committed_total");
-        let expected =
-            taxis.acked() + probe.published.load(std::sync::atomic::Ordering::Relaxed);
-        if committed >= expected {
-            return Ok((true, started.elapsed()));
+        let now = committed().await?;
+        let expected = taxis.acked() + probe.published.load(std::sync::atomic::Ordering::Relaxed);
+        if now != last.0 || now >= expected {
+            last = (now, Instant::now(), crate::measure::machine_busy_time()?);
         }
-        if committed != last {
-            last = committed;
-            last_change = Instant::now();
-        } else if last_change.elapsed() >= QUIET || started.elapsed() >= LIMIT {
-            return Ok((false, started.elapsed()));
+        let caught_up = now >= expected;
+        if caught_up || last.1.elapsed() >= QUIET || started.elapsed() >= LIMIT {
+            let took = last.1 - started;
+            return Ok(Drain {
+                caught_up,
+                took,
+                committed: last.0 - first,
+                machine_cpu: CpuUse {
+                    cpu: last.2.saturating_sub(machine_start),
+                    wall: took,
+                },
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -646,11 +705,7 @@ async fn naive_phase(
             "{} taxis publishing {:.0} positions/s in all: {} s warm-up, then {} s measured",
             args.taxis, args.rate, args.warmup, args.naive_seconds
         ));
-        let inserted = || {
-            consumer
-                .inserted
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let inserted = || consumer.inserted.load(std::sync::atomic::Ordering::Relaxed);
         tokio::time::sleep_until(timeline.window_start.into()).await;
         let (start, acked_start, inserted_start) = (Instant::now(), taxis.acked(), inserted());
         tokio::time::sleep_until(timeline.window_end.into()).await;

@@ -108,8 +108,12 @@ async fn run(
             id: format!("{}.naive", identity.id),
             tls: identity.tls.clone(),
         };
-        let mut options =
-            client::options(&consumer, &addr.ip().to_string(), addr.port(), Duration::from_secs(30));
+        let mut options = client::options(
+            &consumer,
+            &addr.ip().to_string(),
+            addr.port(),
+            Duration::from_secs(30),
+        );
         options.set_manual_acks(true);
         // Room for an ack of every message in flight: the event loop hands over a whole read
         // of messages before it sends anything queued.

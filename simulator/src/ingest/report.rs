@@ -77,7 +77,10 @@ pub fn render(args: &IngestArgs, postgres: &str, results: &IngestResults) -> Str
                 args.connections, args.batch
             ),
         ),
-        ("broker", "our broker, child process, default router settings".to_owned()),
+        (
+            "broker",
+            "our broker, child process, default router settings".to_owned(),
+        ),
         ("postgres", format!("private cluster, {postgres}")),
         (
             "duration",
@@ -100,9 +103,7 @@ pub fn render(args: &IngestArgs, postgres: &str, results: &IngestResults) -> Str
         ),
         (
             "machine",
-            format!(
-                "{cpus} CPUs shared by taxis, broker, bridge and PostgreSQL; loopback only"
-            ),
+            format!("{cpus} CPUs shared by taxis, broker, bridge and PostgreSQL; loopback only"),
         ),
     ];
     for (name, value) in lines {
@@ -143,23 +144,24 @@ fn rows(
             ),
         );
         rows.push(
-            Row::new("committed positions/s, sustained", thousands(b.committed_per_s))
-                .against(
-                    b.committed_per_s,
-                    b.offered_per_s,
-                    format!("{} offered", thousands(b.offered_per_s)),
-                ),
-        );
-        rows.push(
             Row::new(
-                "  slowest / fastest second",
-                format!(
-                    "{} / {}",
-                    thousands(b.committed_min_s),
-                    thousands(b.committed_max_s)
-                ),
+                "committed positions/s, sustained",
+                thousands(b.committed_per_s),
+            )
+            .against(
+                b.committed_per_s,
+                b.offered_per_s,
+                format!("{} offered", thousands(b.offered_per_s)),
             ),
         );
+        rows.push(Row::new(
+            "  slowest / fastest second",
+            format!(
+                "{} / {}",
+                thousands(b.committed_min_s),
+                thousands(b.committed_max_s)
+            ),
+        ));
         rows.push(
             Row::new("committed vs target", thousands(b.committed_per_s)).against(
                 b.committed_per_s,
@@ -170,7 +172,10 @@ fn rows(
     }
     if let Some(c) = ceiling {
         let copy = c.copy.per_second();
-        rows.push(Row::new("raw binary COPY rows/s (ceiling)", thousands(copy)));
+        rows.push(Row::new(
+            "raw binary COPY rows/s (ceiling)",
+            thousands(copy),
+        ));
         if let Some(b) = bridge {
             rows.push(
                 Row::new("committed / COPY", thousands(b.committed_per_s)).against(
@@ -192,7 +197,10 @@ fn rows(
         }
     }
     if let Some(n) = naive {
-        let row = Row::new("naive INSERT bridge rows/s (floor)", thousands(n.inserted_per_s));
+        let row = Row::new(
+            "naive INSERT bridge rows/s (floor)",
+            thousands(n.inserted_per_s),
+        );
         rows.push(match bridge {
             Some(b) => row.against(
                 n.inserted_per_s,
@@ -236,11 +244,7 @@ fn rows(
         );
         let window = b.window.as_secs_f64().max(1e-9);
         rows.push(
-            Row::new(
-                "backlog at window end",
-                thousands(b.backlog_end as f64),
-            )
-            .baseline(format!(
+            Row::new("backlog at window end", thousands(b.backlog_end as f64)).baseline(format!(
                 "{} at start, {:+.0}/s",
                 thousands(b.backlog_start as f64),
                 (b.backlog_end - b.backlog_start) as f64 / window
@@ -263,9 +267,23 @@ fn rows(
         ));
         rows.push(Row::new("dead letters", b.dead_letters.to_string()));
         rows.push(
-            Row::new("drain after the window s", format!("{:.1}", b.drain.as_secs_f64()))
-                .baseline(if b.drained { "caught up" } else { "gave up" }),
+            Row::new(
+                "drain after the window s",
+                format!("{:.1}", b.drain.took.as_secs_f64()),
+            )
+            .baseline(if b.drain.caught_up {
+                "caught up"
+            } else {
+                "not caught up"
+            }),
         );
+        if let Some(rate) = b.drain.per_second() {
+            rows.push(
+                Row::new("catch-up positions/s, nobody publishing", thousands(rate)).baseline(
+                    format!("machine {:.0}% busy", b.drain.machine_cpu.percent()),
+                ),
+            );
+        }
         if let Some(mean) = b.batch_mean {
             rows.push(
                 Row::new("bridge batch size, mean", format!("{mean:.0}")).against(
@@ -291,8 +309,14 @@ fn rows(
             ));
         }
     }
-    rows.push(Row::new("connections (mqtt.connections)", args.connections.to_string()));
-    rows.push(Row::new("batch (batch.max_messages)", args.batch.to_string()));
+    rows.push(Row::new(
+        "connections (mqtt.connections)",
+        args.connections.to_string(),
+    ));
+    rows.push(Row::new(
+        "batch (batch.max_messages)",
+        args.batch.to_string(),
+    ));
     rows
 }
 
@@ -407,7 +431,8 @@ fn cpu(b: &BridgeResult, cpus: usize) -> String {
         ("PostgreSQL (all its processes)", &b.postgres_cpu),
         ("taxis, probe, measuring", &b.generator_cpu),
     ];
-    let mut out = String::from("\nCPU during the window (% of one core; CPU time per committed position)\n");
+    let mut out =
+        String::from("\nCPU during the window (% of one core; CPU time per committed position)\n");
     let mut total = 0.0;
     for (name, use_) in parts {
         total += use_.percent();
@@ -421,19 +446,44 @@ fn cpu(b: &BridgeResult, cpus: usize) -> String {
     let _ = writeln!(
         out,
         "  {:<32} {:>5.0}%  of {} available",
-        "all",
+        "all of the above",
         total,
         cpus * 100
     );
+    let others = (b.machine_cpu.percent() - total).max(0.0);
+    let _ = writeln!(
+        out,
+        "  {:<32} {:>5.0}%  (other processes and the kernel; the machine was {:.0}% busy)",
+        "not part of this run",
+        others,
+        b.machine_cpu.percent()
+    );
+    if !b.broker_threads.is_empty() {
+        let threads: Vec<String> = b
+            .broker_threads
+            .iter()
+            .map(|(name, use_)| format!("{name} {:.0}%", use_.percent()))
+            .collect();
+        let _ = writeln!(out, "  broker's busiest threads: {}", threads.join(", "));
+    }
     out
 }
 
 fn failures(results: &IngestResults) -> String {
     let mut out = String::new();
     for (phase, error) in [
-        ("ceiling", results.ceiling.as_ref().and_then(|r| r.as_ref().err())),
-        ("bridge", results.bridge.as_ref().and_then(|r| r.as_ref().err())),
-        ("naive", results.naive.as_ref().and_then(|r| r.as_ref().err())),
+        (
+            "ceiling",
+            results.ceiling.as_ref().and_then(|r| r.as_ref().err()),
+        ),
+        (
+            "bridge",
+            results.bridge.as_ref().and_then(|r| r.as_ref().err()),
+        ),
+        (
+            "naive",
+            results.naive.as_ref().and_then(|r| r.as_ref().err()),
+        ),
     ] {
         if let Some(error) = error {
             let _ = writeln!(out, "\n{phase} phase failed: {error}");
@@ -536,9 +586,15 @@ mod tests {
             naive: Some(Err("broker died".to_owned())),
         };
         let text = render(&args, "PostgreSQL 15", &results);
-        assert!(text.contains("| raw binary COPY rows/s (ceiling)"), "{text}");
+        assert!(
+            text.contains("| raw binary COPY rows/s (ceiling)"),
+            "{text}"
+        );
         assert!(text.contains("150,000"), "{text}");
-        assert!(text.contains("MISSED  >= 50,000 positions/s sustained"), "{text}");
+        assert!(
+            text.contains("MISSED  >= 50,000 positions/s sustained"),
+            "{text}"
+        );
         assert!(text.contains("naive phase failed: broker died"), "{text}");
         assert!(text.contains("0.30"), "{text}");
     }
