@@ -143,13 +143,13 @@ impl Default for Config {
                 key: dev.join("bridge.key"),
                 client_id: "bridge".to_owned(),
                 group: "ingest".to_owned(),
-                connections: 8,
+                connections: 32,
                 topics: vec!["position".to_owned(), "tour".to_owned(), "ack".to_owned()],
                 keep_alive_secs: 30,
                 max_packet_size: 256 * 1024,
             },
             batch: BatchConfig {
-                max_messages: 5_000,
+                max_messages: 1_000,
                 max_delay_ms: 50,
             },
             validation: ValidationConfig {

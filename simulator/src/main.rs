@@ -101,7 +101,7 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         connections: usize,
         /// The bridge's batch size (`batch.max_messages`), also used by the ceiling phase.
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 1_000)]
         batch: usize,
         /// The bridge's `batch.max_delay_ms` [default: the bridge's].
         #[arg(long)]
