@@ -97,13 +97,7 @@ fn fleet_ids(n: usize) -> Vec<String> {
 /// same data directory: PostgreSQL ends up with every position exactly once (what was
 /// committed but not acknowledged is delivered again and dropped as a duplicate), and the
 /// archive, whose spool survives the crash, has every message at least once.
-///
-/// Known to fail: when a bridge with persistent sessions in a shared group is killed, the
-/// router's shared group loses track of the messages that were in flight to it and of those
-/// published until it is back (hundreds of 5,000 here). Run it with
-/// `cargo nextest run -p tests --run-ignored only -E 'test(bridge_killed)'`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: rumqttd's shared groups lose in-flight messages of a killed member"]
 async fn bridge_killed_mid_stream_loses_nothing_and_doubles_nothing() -> Result<()> {
     bounded(LIMIT, async {
         const TAXIS: usize = 5;

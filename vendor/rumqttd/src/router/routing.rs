@@ -333,6 +333,21 @@ impl Router {
             Tracker::new(client_id.clone())
         };
 
+        // A resumed session is a member of the shared groups it subscribed to, whether or not
+        // the client subscribes again: otherwise its restored requests would wait for a turn
+        // that never comes.
+        for request in tracker.data_requests.iter() {
+            if let Some(group_name) = &request.group {
+                self.shared_subscriptions
+                    .entry(group_name.clone())
+                    .or_insert(SharedGroup::new(
+                        request.cursor,
+                        self.config.shared_subscriptions_strategy.clone(),
+                    ))
+                    .add_client(client_id.clone());
+            }
+        }
+
         let ackslog = AckLog::new();
 
         let time = match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
@@ -469,9 +484,13 @@ impl Router {
         // Remove connections from all groups and
         // discard empty group ( group with no client )
         // note: can we do this in better way?
+        // A group is kept while it is empty if the member leaving has a persistent session:
+        // its cursor is where the group resumes when members come back, so nothing published
+        // meanwhile (or in flight to the member) is skipped.
+        let persistent = !connection.clean;
         self.shared_subscriptions.retain(|_, group| {
             group.remove_client(&client_id);
-            !group.is_empty()
+            !group.is_empty() || persistent
         });
 
         // Remove this connection from subscriptions
@@ -506,10 +525,12 @@ impl Router {
                     request.cursor = *cursor;
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
-                        // The group may be gone already (its last member just left): then
-                        // there is no shared cursor to rewind.
+                        // Rewind the group to the oldest message this member left unacked,
+                        // never forward: when several members leave, each rewinds, and the
+                        // oldest cursor must win (the messages in between come again; the
+                        // consumers' idempotency absorbs them).
                         if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
-                            group.cursor = *cursor;
+                            group.cursor = group.cursor.min(*cursor);
                         }
                     }
                 }

@@ -29,7 +29,10 @@ impl SharedGroup {
     }
 
     pub fn add_client(&mut self, client: String) {
-        self.clients.push(client)
+        // A member that subscribes again, or resumes its session, is still one member.
+        if !self.clients.contains(&client) {
+            self.clients.push(client)
+        }
     }
 
     pub fn remove_client(&mut self, client: &String) {
