@@ -52,12 +52,11 @@ impl AckToken {
     }
 }
 
-/// Starts the connections; deliveries arrive on `deliveries` in per-connection order.
-pub fn start(
-    config: &MqttConfig,
-    bridge_id: &str,
-    deliveries: mpsc::Sender<Delivery>,
-) -> anyhow::Result<()> {
+/// Options for one mTLS connection of the bridge to the broker (`mqtt.host`, `mqtt.port`, the
+/// bridge certificate, keep-alive and packet size from `config`), as `client_id`, which must
+/// be `mqtt.client_id` or `<mqtt.client_id>.<suffix>`. Every connection of the bridge, not
+/// only the source's, starts from these.
+pub fn mtls_options(config: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let read = |key: &str, path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("mqtt.{key} ({}): cannot read", path.display()))
@@ -65,6 +64,20 @@ pub fn start(
     let ca = read("ca", &config.ca)?;
     let cert = read("cert", &config.cert)?;
     let key = read("key", &config.key)?;
+    let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+    options
+        .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
+        .set_max_packet_size(config.max_packet_size, config.max_packet_size)
+        .set_transport(Transport::tls(ca, Some((cert, key)), None));
+    Ok(options)
+}
+
+/// Starts the connections; deliveries arrive on `deliveries` in per-connection order.
+pub fn start(
+    config: &MqttConfig,
+    bridge_id: &str,
+    deliveries: mpsc::Sender<Delivery>,
+) -> anyhow::Result<()> {
     let filters: Vec<SubscribeFilter> = config
         .topics
         .iter()
@@ -77,18 +90,11 @@ pub fn start(
         .collect();
     for n in 0..config.connections {
         let client_id = format!("{}.{bridge_id}-{n}", config.client_id);
-        let mut options = MqttOptions::new(client_id.clone(), config.host.clone(), config.port);
+        let mut options = mtls_options(config, &client_id)?;
         options
-            .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_max_packet_size(config.max_packet_size, config.max_packet_size)
-            .set_request_channel_capacity(BROKER_INFLIGHT * 2)
-            .set_transport(Transport::tls(
-                ca.clone(),
-                Some((cert.clone(), key.clone())),
-                None,
-            ));
+            .set_request_channel_capacity(BROKER_INFLIGHT * 2);
         tokio::spawn(run_connection(
             client_id,
             options,
