@@ -52,7 +52,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
             "backoffice".to_owned(),
             RoleRules {
                 publish: list(&["taxi/+/inbox"]),
-                subscribe: list(&["taxi/+/ack", "taxi/+/status"]),
+                subscribe: list(&["taxi/+/ack", "taxi/+/status", "backoffice/invoices"]),
                 shared: false,
                 client_id_suffix: false,
             },
@@ -61,7 +61,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
             "operator".to_owned(),
             RoleRules {
                 publish: Vec::new(),
-                subscribe: list(&["taxi/#"]),
+                subscribe: list(&["taxi/#", "backoffice/#"]),
                 shared: false,
                 client_id_suffix: false,
             },
@@ -69,12 +69,13 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
         (
             "bridge".to_owned(),
             RoleRules {
-                publish: list(&["taxi/+/inbox"]),
+                publish: list(&["taxi/+/inbox", "backoffice/invoices"]),
                 subscribe: list(&[
                     "taxi/+/position",
                     "taxi/+/tour",
                     "taxi/+/ack",
                     "taxi/+/status",
+                    "taxi/+/inbox",
                 ]),
                 shared: true,
                 client_id_suffix: true,
@@ -257,6 +258,17 @@ mod tests {
         assert!(!operator.may_subscribe("op", "#"));
         assert!(!operator.may_subscribe("op", "+/t9/position"));
         assert!(!operator.may_publish("op", "taxi/t9/inbox"));
+        assert!(operator.may_subscribe("op", "backoffice/invoices"));
+        assert!(!operator.may_publish("op", "backoffice/invoices"));
+    }
+
+    #[test]
+    fn invoices_go_from_the_bridge_to_the_backoffice() {
+        assert!(rules("bridge").may_publish("b", "backoffice/invoices"));
+        assert!(rules("backoffice").may_subscribe("bo", "backoffice/invoices"));
+        assert!(!rules("backoffice").may_publish("bo", "backoffice/invoices"));
+        assert!(!rules("taxi").may_subscribe("t1", "backoffice/invoices"));
+        assert!(!rules("taxi").may_publish("t1", "backoffice/invoices"));
     }
 
     #[test]
@@ -268,6 +280,7 @@ mod tests {
         assert!(!bridge.may_subscribe("b", "$share//taxi/+/tour"));
         assert!(!bridge.may_subscribe("b", "$share/ingest"));
         assert!(bridge.may_publish("b", "taxi/t1/inbox"));
+        assert!(bridge.may_subscribe("b", "$share/dispatch/taxi/+/inbox"));
     }
 
     #[test]

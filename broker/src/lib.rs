@@ -10,6 +10,7 @@
 //!   the router through an in-process link.
 //! - [`connection`]: MQTT 3.1.1/5 framing over the TLS stream.
 //! - [`acl`]: per-role publish/subscribe patterns.
+//! - [`expiry`]: inbox orders past their `expires_ms` are never delivered.
 //! - [`registry`]: live sessions by id (takeover, revocation).
 //! - [`http`]: `/metrics` and `/health`.
 //! - [`pki`]: certificate authority tooling for development and tests.
@@ -17,6 +18,7 @@
 pub mod acl;
 pub mod config;
 pub mod connection;
+pub mod expiry;
 pub mod http;
 pub mod identity;
 pub mod listener;

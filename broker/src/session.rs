@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::acl::ClientRules;
 use crate::connection::{Connection, ReadError, Version};
+use crate::expiry;
 use crate::identity::Identity;
 use crate::registry::StopReason;
 use crate::Shared;
@@ -354,6 +355,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Err(End::Refused(format!("publish to {topic:?}")));
                 }
                 self.counters.messages_in.increment(1);
+                let props = expiry::apply(topic, &publish.payload, props, unix_ms());
                 forward.push(Packet::Publish(publish, props));
             }
             Packet::Subscribe(subscribe, props) => {

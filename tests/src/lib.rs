@@ -96,6 +96,19 @@ pub fn inbox_json(order_id: &str, text: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An inbox `order` JSON payload valid until `expires_ms`.
+pub fn expiring_order_json(order_id: &str, expires_ms: i64) -> Vec<u8> {
+    serde_json::json!({
+        "order_id": order_id,
+        "kind": "order",
+        "text": format!("order {order_id}"),
+        "created_ms": unix_ms(),
+        "expires_ms": expires_ms,
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// The `state` field of a `Status` JSON payload (`online` / `offline`).
 pub fn status_state(payload: &[u8]) -> anyhow::Result<String> {
     let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {

@@ -1,10 +1,13 @@
 //! Session life cycle: persistent sessions, takeover by a second connection with the same
 //! id, the broker-owned retained `taxi/<id>/status`, and last wills.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use tests::{
-    inbox_json, position_json, status_state, Event, Message, MqttClient, TestBroker, TestPki,
-    Version, CONNACK_NOT_AUTHORIZED_V4, CONNACK_NOT_AUTHORIZED_V5, WAIT,
+    expiring_order_json, inbox_json, position_json, status_state, unix_ms, Event, Message,
+    MqttClient, TestBroker, TestPki, Version, CONNACK_NOT_AUTHORIZED_V4, CONNACK_NOT_AUTHORIZED_V5,
+    WAIT,
 };
 
 /// Waits for a status message of `taxi` with the given state.
@@ -112,6 +115,73 @@ async fn persistent_session_gets_messages_sent_while_offline_v311() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_gets_messages_sent_while_offline_v5() -> Result<()> {
     persistent_session_gets_messages_sent_while_offline(Version::V5).await
+}
+
+/// An order that expires while its taxi is offline is not in the taxi's queue when it comes
+/// back, and one already expired when published is never delivered, not even to a taxi that
+/// is online; valid orders published after them arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_orders_are_never_delivered() -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = TestBroker::start(&pki).await?;
+    let mut backoffice = broker
+        .client(&pki.client("backoffice", "backoffice")?)
+        .connect()
+        .await?;
+    backoffice
+        .subscribe_and_wait(&[("taxi/+/status", 1)])
+        .await?;
+    let taxi_cert = pki.client("taxi-1", "taxi")?;
+    let mut taxi = broker
+        .client(&taxi_cert)
+        .clean_session(false)
+        .connect()
+        .await?;
+    taxi.subscribe_and_wait(&[("taxi/taxi-1/inbox", 1)]).await?;
+
+    // Online: an order expired on arrival goes nowhere; the next one arrives.
+    let stale = expiring_order_json("o-stale", unix_ms() - 1);
+    let fresh = expiring_order_json("o-fresh", unix_ms() + 3_600_000);
+    for order in [&stale, &fresh] {
+        backoffice
+            .publish_acked("taxi/taxi-1/inbox", false, order)
+            .await?;
+    }
+    taxi.expect_message("taxi/taxi-1/inbox", &fresh).await?;
+    let received: Vec<Vec<u8>> = taxi
+        .messages_on("taxi/taxi-1/inbox")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(received, [fresh], "the stale order was published first");
+
+    // Offline: an order valid for a little more than a second when published, then waiting
+    // in the session past its expiry.
+    taxi.disconnect().await?;
+    expect_status(&mut backoffice, "taxi-1", "offline").await?;
+    let short = expiring_order_json("o-short", unix_ms() + 1_500);
+    let later = expiring_order_json("o-later", unix_ms() + 3_600_000);
+    for order in [&short, &later] {
+        backoffice
+            .publish_acked("taxi/taxi-1/inbox", false, order)
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let mut taxi = broker.client(&taxi_cert).clean_session(false).start()?;
+    assert!(taxi.expect_connack().await?, "the session was kept");
+    taxi.expect_message("taxi/taxi-1/inbox", &later).await?;
+
+    let received: Vec<Vec<u8>> = taxi
+        .messages_on("taxi/taxi-1/inbox")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(
+        received,
+        [later],
+        "the expired order, queued before the valid one, must not come first"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
