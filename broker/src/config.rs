@@ -110,7 +110,7 @@ impl Default for Config {
             },
             router: RouterConfig {
                 max_segment_size: 4 * 1024 * 1024,
-                max_segment_count: 10,
+                max_segment_count: 64,
                 max_outgoing_packet_count: 200,
             },
             status: StatusConfig {
