@@ -224,7 +224,7 @@ pub fn encode_object(messages: &[RawMessage]) -> Vec<u8> {
     }
     let mut gz = GzEncoder::new(
         Vec::with_capacity(json.len() / 4 + 64),
-        Compression::default(),
+        Compression::fast(),
     );
     gz.write_all(&json).expect("writing to a Vec cannot fail");
     gz.finish().expect("writing to a Vec cannot fail")

@@ -172,6 +172,11 @@ impl DataLog {
         (filter_idx, data.log.next_offset())
     }
 
+    /// Where the next message appended to this filter's log will be.
+    pub fn native_next_offset(&self, filter_idx: FilterIdx) -> Option<(u64, u64)> {
+        self.native.get(filter_idx).map(|data| data.log.next_offset())
+    }
+
     pub fn native_readv(
         &self,
         filter_idx: FilterIdx,

@@ -1431,6 +1431,9 @@ enum ConsumeStatus {
     SkipRequest,
 }
 
+/// Messages a shared group's member reads in one turn under round robin.
+const SHARED_CHUNK: u64 = 16;
+
 /// Sweep datalog from offset in DataRequest and updates DataRequest
 /// for next sweep. Returns (busy, caughtup) status
 /// Returned arguments:
@@ -1473,13 +1476,23 @@ fn forward_device_data(
         datalog.config.max_outgoing_packet_count
     };
 
-    if shared_group
-        .as_ref()
-        .is_some_and(|g| g.strategy == Strategy::RoundRobin)
-    {
-        // only read one message in case of round robin
-        // so that messages get equally distributed!
-        inflight_slots = 1;
+    if let Some(ref shared_group) = shared_group {
+        // Only the group's current member reads; the others wait for their turn without
+        // touching the log (reading and dropping a copy for every member was most of the
+        // router's work for a group of many connections).
+        if Some(&outgoing.client_id) != shared_group.current_client() {
+            let caughtup = datalog.native_next_offset(request.filter_idx) == Some(request.cursor);
+            return if caughtup {
+                ConsumeStatus::FilterCaughtup
+            } else {
+                ConsumeStatus::SkipRequest
+            };
+        }
+        if shared_group.strategy == Strategy::RoundRobin {
+            // Round robin in small chunks: evenly spread, without a scheduling round per
+            // message.
+            inflight_slots = inflight_slots.min(SHARED_CHUNK);
+        }
     }
 
     let mut publishes = Vec::new();
@@ -1517,18 +1530,6 @@ fn forward_device_data(
         Position::Next { start, end } => (start, end, false),
         Position::Done { start, end } => (start, end, true),
     };
-
-    if let Some(ref shared_group) = shared_group {
-        let skip_current_client = Some(&outgoing.client_id) != shared_group.current_client();
-
-        if skip_current_client {
-            return if caughtup {
-                ConsumeStatus::FilterCaughtup
-            } else {
-                ConsumeStatus::SkipRequest
-            };
-        }
-    }
 
     if start != request.cursor {
         let error = format!(
