@@ -1,9 +1,10 @@
 //! Bridge configuration: one TOML file plus `BRIDGE_`-prefixed environment overrides.
 //!
 //! Each stage has its own section: `[mqtt]` (the source), `[validation]` (the transform),
-//! `[postgres]` and `[archive]` (the sinks), `[batch]`, `[retention]`, `[http]`. Every key has
-//! a default for a local development platform; unknown keys are errors naming the key and the
-//! file. `DATABASE_URL` overrides `postgres.url`.
+//! `[postgres]` and `[archive]` (the sinks), `[batch]`, `[retention]`, `[tours]` (tour
+//! lifecycle, tariff, invoices), `[http]`. Every key has a default for a local development
+//! platform; unknown keys are errors naming the key and the file. `DATABASE_URL` overrides
+//! `postgres.url`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub archive: ArchiveConfig,
     pub retention: RetentionConfig,
+    pub tours: ToursConfig,
     pub http: HttpConfig,
 }
 
@@ -122,6 +124,29 @@ pub struct RetentionConfig {
     pub check_interval_ms: u64,
 }
 
+/// The tour processor: lifecycle, fares, invoices.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToursConfig {
+    /// Judge tour events and issue invoices. With several bridges on one database, one of
+    /// them does it at a time.
+    pub enabled: bool,
+    /// A tour event is judged once it has been stored this long, together with the taxi's
+    /// events up to its device time: events arriving out of order within this delay are
+    /// judged in device-time order.
+    pub settle_delay_ms: u64,
+    /// How often stored events are looked at.
+    pub poll_interval_ms: u64,
+    /// The fare is flagged when it and the meter reading differ by more than this many
+    /// cents...
+    pub meter_tolerance_cents: u64,
+    /// ... and by more than this percentage of the fare.
+    pub meter_tolerance_percent: f64,
+    /// Publish each invoice on `backoffice/invoices` (QoS 1, with the bridge certificate).
+    pub publish_invoices: bool,
+    pub tariff: crate::tours::tariff::Tariff,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -183,6 +208,15 @@ impl Default for Config {
                 days: 30,
                 days_ahead: 3,
                 check_interval_ms: 60_000,
+            },
+            tours: ToursConfig {
+                enabled: true,
+                settle_delay_ms: 2_000,
+                poll_interval_ms: 250,
+                meter_tolerance_cents: 100,
+                meter_tolerance_percent: 10.0,
+                publish_invoices: true,
+                tariff: crate::tours::tariff::Tariff::default(),
             },
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9884)),
@@ -259,6 +293,16 @@ impl Config {
         if self.postgres.min_backoff_ms == 0 || self.archive.min_backoff_ms == 0 {
             return invalid("min_backoff_ms", "must be at least 1");
         }
+        if self.tours.poll_interval_ms == 0 {
+            return invalid("tours.poll_interval_ms", "must be at least 1");
+        }
+        let percent = self.tours.meter_tolerance_percent;
+        if !(percent.is_finite() && percent >= 0.0) {
+            return invalid("tours.meter_tolerance_percent", "must be a number >= 0");
+        }
+        if let Some((key, why)) = self.tours.tariff.problem() {
+            return invalid(&format!("tours.tariff.{key}"), why);
+        }
         Ok(())
     }
 }
@@ -281,6 +325,18 @@ mod tests {
         )
         .expect("example config is valid");
         assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"), "{text}");
+    }
+
+    #[test]
+    fn invalid_tariff_is_named() {
+        let mut config = Config::default();
+        config.postgres.url = "postgres://example".to_owned();
+        config.tours.tariff.night.until_hour = 25;
+        let error = config.validate().expect_err("hour 25");
+        assert!(
+            error.to_string().contains("tours.tariff.night.until_hour"),
+            "{error}"
+        );
     }
 
     #[test]

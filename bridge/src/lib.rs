@@ -8,7 +8,8 @@
 //! - [`store`]: batched binary COPY into PostgreSQL, each message exactly once;
 //! - [`pipeline`]: batches messages through the stages, acknowledges after commit;
 //! - [`retention`]: day partitions ahead, expired ones dropped once archived;
-//! - [`replay`]: archived raw data of a time range back into PostgreSQL.
+//! - [`replay`]: archived raw data of a time range back into PostgreSQL;
+//! - [`tours`]: tour lifecycle from the stored tour events, fares, invoices.
 
 pub mod archive;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod replay;
 pub mod retention;
 pub mod source;
 pub mod store;
+pub mod tours;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -108,6 +110,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBridge> {
     };
     tokio::spawn(pipeline.run(deliveries_rx));
     tokio::spawn(retention::run(config.clone(), archive.clone()));
+    tours::start(&config).await?;
 
     let http = TcpListener::bind(config.http.listen)
         .await

@@ -16,8 +16,8 @@ pub use codec::{
     Encoding, MAX_PAYLOAD_BYTES, POSTCARD_V1,
 };
 pub use payload::{
-    Ack, AckState, InboxKind, InboxMessage, InvalidField, Message, Payload, Position, Status,
-    StatusState, TourEvent, TourEventKind, MAX_REF_ID_LEN,
+    Ack, AckState, InboxKind, InboxMessage, InvalidField, Invoice, Message, Payload, Position,
+    Status, StatusState, TourEvent, TourEventKind, INVOICES_TOPIC, MAX_REF_ID_LEN,
 };
 pub use topic::{
     all_taxis_filter, is_valid_device_id, parse_topic, topic, IdError, TaxiId, TopicError,

@@ -126,6 +126,62 @@ pub struct Status {
     pub at_ms: i64,
 }
 
+/// The topic the platform publishes every [`Invoice`] on, for the backoffice.
+pub const INVOICES_TOPIC: &str = "backoffice/invoices";
+
+/// The invoice of one ended tour, published by the platform on [`INVOICES_TOPIC`] (JSON
+/// only, QoS 1, not retained). Published at least once: a consumer may see the same
+/// `tour_id` twice and should keep the first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub tour_id: String,
+    pub taxi_id: String,
+    /// Device times of the tour's `started` and `ended` events, unix milliseconds.
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    /// Distance driven (waiting excluded), metres, rounded.
+    pub distance_m: u64,
+    /// Time driving and waiting, seconds, rounded.
+    pub driving_s: u64,
+    pub waiting_s: u64,
+    pub base_cents: u64,
+    pub distance_cents: u64,
+    pub driving_cents: u64,
+    pub waiting_cents: u64,
+    pub night_cents: u64,
+    pub zone_cents: u64,
+    /// Names of the zones whose surcharge applies.
+    pub zones: Vec<String>,
+    /// The fare: the sum of the parts above.
+    pub fare_cents: u64,
+    /// ISO 4217 code of every amount.
+    pub currency: String,
+    /// The taximeter reading of the `ended` event, if it had one.
+    pub meter_cents: Option<u64>,
+    /// `meter_cents - fare_cents`.
+    pub difference_cents: Option<i64>,
+    /// The meter reading is missing or differs from the fare by more than the tolerance.
+    pub flagged: bool,
+    pub flag_reason: Option<String>,
+    /// The inbox message telling the taxi (`kind` `invoice`).
+    pub order_id: String,
+    /// When the invoice was issued, unix milliseconds.
+    pub issued_ms: i64,
+}
+
+impl Invoice {
+    /// The JSON published on [`INVOICES_TOPIC`].
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of plain fields always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads an invoice published on [`INVOICES_TOPIC`].
+    pub fn from_json(bytes: &[u8]) -> Result<Invoice, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 /// A field whose value breaks the contract's rules, e.g. a latitude of 123.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvalidField {
@@ -362,6 +418,39 @@ pub(crate) mod tests {
             state: StatusState::Offline,
             at_ms: 1_732_200_000_000,
         }
+    }
+
+    #[test]
+    fn invoice_json_round_trip() {
+        let invoice = Invoice {
+            tour_id: "t-1".into(),
+            taxi_id: "taxi-042".into(),
+            started_ms: 1_732_200_600_000,
+            ended_ms: 1_732_201_800_000,
+            distance_m: 5_000,
+            driving_s: 540,
+            waiting_s: 240,
+            base_cents: 390,
+            distance_cents: 1_000,
+            driving_cents: 0,
+            waiting_cents: 200,
+            night_cents: 0,
+            zone_cents: 0,
+            zones: vec![],
+            fare_cents: 1_590,
+            currency: "EUR".into(),
+            meter_cents: Some(2_340),
+            difference_cents: Some(750),
+            flagged: true,
+            flag_reason: Some("meter 7.50 EUR above the fare".into()),
+            order_id: "invoice-t-1".into(),
+            issued_ms: 1_732_201_803_000,
+        };
+        let json = invoice.to_json();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["fare_cents"], 1_590);
+        assert_eq!(value["difference_cents"], 750);
+        assert_eq!(Invoice::from_json(&json).unwrap(), invoice);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! back and they are copied into the session's staging table instead, then inserted skipping
 //! stored keys. The newest fix of each taxi in the batch updates `latest_positions` when it
 //! is newer than the stored one. Tour events and acks are sent as arrays and inserted
-//! skipping stored keys; only newly stored tour events update `tours`. Statuses update
+//! skipping stored keys (the tour processor judges tour events later). Statuses update
 //! `taxi_status` when newer. Dead letters are copied. Rows are handled in key order, so
 //! concurrent batches lock keys in the same order and do not deadlock.
 
@@ -39,55 +39,16 @@ ON CONFLICT (taxi_id) DO UPDATE SET
     accuracy_m = excluded.accuracy_m, received_at = excluded.received_at
 WHERE (excluded.ts, excluded.seq) > (l.ts, l.seq)";
 
+/// Tour events, skipping stored keys. Their lifecycle is judged later, by the tour processor
+/// (`crate::tours`), which owns `tours`.
 const INSERT_TOUR_EVENTS: &str = "
-WITH batch AS (
-    SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::float8[], $7::float8[], $8::int8[], $9::timestamptz[])
-        AS b(taxi_id, seq, tour_id, kind, ts, lat, lon, meter_cents, received_at)
-), inserted AS (
-    INSERT INTO tour_events
-        (taxi_id, seq, tour_id, kind, ts, lat, lon, meter_cents, received_at)
-    SELECT taxi_id, seq, tour_id, kind, ts, lat, lon, meter_cents, received_at
-    FROM batch
-    ORDER BY taxi_id, seq
-    ON CONFLICT DO NOTHING
-    RETURNING taxi_id, seq, tour_id, kind, ts, lat, lon, meter_cents
-), per_tour AS (
-    SELECT taxi_id, tour_id,
-        (array_agg(ts ORDER BY seq DESC) FILTER (WHERE kind = 'started'))[1] AS started_at,
-        (array_agg(lat ORDER BY seq DESC) FILTER (WHERE kind = 'started'))[1] AS start_lat,
-        (array_agg(lon ORDER BY seq DESC) FILTER (WHERE kind = 'started'))[1] AS start_lon,
-        (array_agg(ts ORDER BY seq DESC) FILTER (WHERE kind = 'ended'))[1] AS ended_at,
-        (array_agg(lat ORDER BY seq DESC) FILTER (WHERE kind = 'ended'))[1] AS end_lat,
-        (array_agg(lon ORDER BY seq DESC) FILTER (WHERE kind = 'ended'))[1] AS end_lon,
-        (array_agg(meter_cents ORDER BY seq DESC) FILTER (WHERE kind = 'ended'))[1]
-            AS meter_cents
-    FROM inserted
-    GROUP BY taxi_id, tour_id
-), upserted AS (
-    INSERT INTO tours AS t
-        (taxi_id, tour_id, started_at, start_lat, start_lon, ended_at, end_lat, end_lon,
-         meter_cents)
-    SELECT taxi_id, tour_id, started_at, start_lat, start_lon, ended_at, end_lat, end_lon,
-        meter_cents
-    FROM per_tour
-    ORDER BY taxi_id, tour_id
-    ON CONFLICT (taxi_id, tour_id) DO UPDATE SET
-        started_at = CASE WHEN excluded.started_at IS NULL THEN t.started_at
-                          ELSE excluded.started_at END,
-        start_lat = CASE WHEN excluded.started_at IS NULL THEN t.start_lat
-                         ELSE excluded.start_lat END,
-        start_lon = CASE WHEN excluded.started_at IS NULL THEN t.start_lon
-                         ELSE excluded.start_lon END,
-        ended_at = CASE WHEN excluded.ended_at IS NULL THEN t.ended_at
-                        ELSE excluded.ended_at END,
-        end_lat = CASE WHEN excluded.ended_at IS NULL THEN t.end_lat ELSE excluded.end_lat END,
-        end_lon = CASE WHEN excluded.ended_at IS NULL THEN t.end_lon ELSE excluded.end_lon END,
-        meter_cents = CASE WHEN excluded.ended_at IS NULL THEN t.meter_cents
-                           ELSE excluded.meter_cents END
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM upserted)";
+INSERT INTO tour_events (taxi_id, seq, tour_id, kind, ts, lat, lon, meter_cents, received_at)
+SELECT taxi_id, seq, tour_id, kind, ts, lat, lon, meter_cents, received_at
+FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::float8[], $7::float8[], $8::int8[], $9::timestamptz[])
+    AS b(taxi_id, seq, tour_id, kind, ts, lat, lon, meter_cents, received_at)
+ORDER BY taxi_id, seq
+ON CONFLICT DO NOTHING";
 
 const INSERT_ACKS: &str = "
 INSERT INTO acks (taxi_id, seq, order_id, state, ts, reason, received_at)
@@ -168,8 +129,8 @@ pub(super) async fn write(
     }
     let t = &batch.tours;
     if !t.seq.is_empty() {
-        let row = tx
-            .query_one(
+        stats.tour_events = tx
+            .execute(
                 &prepared.insert_tour_events,
                 &[
                     &t.taxi,
@@ -184,7 +145,6 @@ pub(super) async fn write(
                 ],
             )
             .await?;
-        stats.tour_events = count(row.try_get(0)?);
         stats.tour_events_duplicate = (t.seq.len() as u64).saturating_sub(stats.tour_events);
     }
     let a = &batch.acks;
@@ -288,8 +248,4 @@ fn partition_error(e: tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::Postgres(e)
     }
-}
-
-fn count(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
 }
