@@ -551,8 +551,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-/// An MQTT 5 DISCONNECT with a human-readable reason. (The reason string also keeps
-/// rumqttd's encoder away from its short form, which drops the reason code.)
+/// An MQTT 5 DISCONNECT with a human-readable reason.
 fn disconnect_packet(reason_code: DisconnectReasonCode) -> Packet {
     let reason = match reason_code {
         DisconnectReasonCode::NotAuthorized => "not authorized",

@@ -6,22 +6,14 @@ use super::*;
 
 use super::{property, PropertyType};
 
+/// Remaining length of a DISCONNECT: 0 for the short form (normal disconnection, no
+/// properties), else the reason code and the properties (a zero length when there are none).
 fn len(disconnect: &Disconnect, properties: &Option<DisconnectProperties>) -> usize {
     if disconnect.reason_code == DisconnectReasonCode::NormalDisconnection && properties.is_none() {
-        return 2; // Packet type + 0x00
+        return 0;
     }
-
-    let mut length = 0;
-    if let Some(properties) = &properties {
-        length += 1; // Disconnect Reason Code
-        let properties_len = properties::len(properties);
-        let properties_len_len = len_len(properties_len);
-        length += properties_len_len + properties_len;
-    } else {
-        length += 1;
-    }
-
-    length
+    let properties_len = properties.as_ref().map_or(0, properties::len);
+    1 + len_len(properties_len) + properties_len
 }
 
 pub fn read(
@@ -68,13 +60,10 @@ pub fn write(
     buffer.put_u8(0xE0);
 
     let length = len(disconnect, properties);
-
-    if length == 2 {
-        buffer.put_u8(0x00);
-        return Ok(length);
-    }
-
     let len_len = write_remaining_length(buffer, length)?;
+    if length == 0 {
+        return Ok(1 + len_len);
+    }
 
     buffer.put_u8(code(disconnect.reason_code));
 
@@ -236,6 +225,21 @@ mod test {
         write(&disconnect, &None, &mut buffer).unwrap();
 
         assert_eq!(&buffer[..], &expected);
+    }
+
+    #[test]
+    fn reason_code_without_properties_is_kept() {
+        let mut buffer = BytesMut::new();
+        let disconnect = Disconnect {
+            reason_code: DisconnectReasonCode::NotAuthorized,
+        };
+        write(&disconnect, &None, &mut buffer).unwrap();
+        assert_eq!(&buffer[..], &[0xE0, 0x02, 0x87, 0x00]);
+
+        let fixed_header = parse_fixed_header(buffer.iter()).unwrap();
+        let bytes = buffer.split_to(fixed_header.frame_length()).freeze();
+        let (read_back, _) = read(fixed_header, bytes).unwrap();
+        assert_eq!(read_back, disconnect);
     }
 
     fn sample2() -> (Disconnect, Option<DisconnectProperties>) {
