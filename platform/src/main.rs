@@ -83,10 +83,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.taxis > 0 {
         let fleet = simulator::fleet::FleetArgs {
             taxis: cli.taxis,
-            rate: cli.rate,
             host: "localhost".to_owned(),
             port: broker.mqtt_addr.port(),
             certs: PathBuf::from(CERTS),
+            behaviour: simulator::taxi::Behaviour {
+                rate: cli.rate,
+                ..Default::default()
+            },
         };
         tokio::spawn(async move {
             if let Err(e) = simulator::fleet::run(fleet).await {

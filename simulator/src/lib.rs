@@ -1,6 +1,7 @@
 //! `simulator`: simulated taxis over mutual TLS, and the benchmarks.
 //!
-//! - `simulator fleet`: N taxis publishing positions to a running broker until Ctrl-C.
+//! - `simulator fleet`: N simulated taxis ([`taxi`]) against a running broker until Ctrl-C:
+//!   positions, answers to inbox messages, tours, connection losses.
 //! - `simulator bench-broker`: our broker against Mosquitto, same machine, same certificates:
 //!   throughput and latency, handshakes per second, memory per idle connection.
 //! - `simulator bench-bridge`: taxis through the broker into the bridge and PostgreSQL:
@@ -11,8 +12,8 @@
 //! connection for connection-heavy phases, [`motion`] taxi paths, [`load`] the publishers and
 //! the subscriber, [`connections`] handshake and idle phases, [`target`] and [`baseline`] the
 //! two brokers as child processes ([`process`]), [`measure`] clocks, histograms, RSS and CPU,
-//! [`report`] the table, [`bench`] and [`fleet`] the commands, [`limit`] bounded concurrency,
-//! [`ingest`] the bridge benchmark.
+//! [`report`] the table, [`taxi`] one simulated taxi, [`bench`] and [`fleet`] the commands,
+//! [`limit`] bounded concurrency, [`ingest`] the bridge benchmark.
 
 pub mod baseline;
 pub mod bench;
@@ -29,3 +30,4 @@ pub mod process;
 pub mod raw;
 pub mod report;
 pub mod target;
+pub mod taxi;

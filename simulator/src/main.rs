@@ -1,6 +1,6 @@
 //! `simulator`: simulated taxis over mutual TLS, and the broker benchmark.
 //!
-//! - `simulator fleet`: N taxis publishing positions to a running broker until Ctrl-C.
+//! - `simulator fleet`: N simulated taxis against a running broker until Ctrl-C.
 //! - `simulator bench-broker`: our broker against Mosquitto, same machine, same certificates:
 //!   throughput and latency, handshakes per second, memory per idle connection.
 //! - `simulator bench-bridge`: taxis through the broker into the bridge and PostgreSQL,
@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 use simulator::bench::{BenchArgs, Phase, System};
 use simulator::fleet::FleetArgs;
 use simulator::ingest::{IngestArgs, IngestPhase};
+use simulator::taxi::Behaviour;
 use simulator::{baseline, bench, fleet, ingest, target};
 
 #[derive(Parser)]
@@ -124,7 +125,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Runs N taxis publishing positions to a running broker until Ctrl-C.
+    /// Runs N simulated taxis against a running broker until Ctrl-C: positions, answers to
+    /// inbox messages, tours, connection losses.
     Fleet {
         #[arg(long, default_value_t = 10)]
         taxis: usize,
@@ -138,6 +140,15 @@ enum Command {
         /// Development PKI directory; missing taxi certificates are issued there.
         #[arg(long, default_value = "certs/dev")]
         certs: PathBuf,
+        /// Mean seconds between a taxi's connection losses (0: never).
+        #[arg(long, default_value_t = 1800.0)]
+        offline_every: f64,
+        /// Mean seconds between street hails of a free taxi (0: tours only from orders).
+        #[arg(long, default_value_t = 300.0)]
+        hail_every: f64,
+        /// Share of orders a free driver accepts.
+        #[arg(long, default_value_t = 0.8)]
+        accept: f64,
     },
 }
 
@@ -236,13 +247,27 @@ fn main() -> ExitCode {
                     host,
                     port,
                     certs,
+                    offline_every,
+                    hail_every,
+                    accept,
                 } => {
+                    let every = |seconds: f64| {
+                        (seconds > 0.0 && seconds.is_finite())
+                            .then(|| std::time::Duration::from_secs_f64(seconds))
+                    };
+                    let behaviour = Behaviour {
+                        rate,
+                        offline_every: every(offline_every),
+                        hail_every: every(hail_every),
+                        accept_share: accept,
+                        ..Behaviour::default()
+                    };
                     fleet::run(FleetArgs {
                         taxis,
-                        rate,
                         host,
                         port,
                         certs,
+                        behaviour,
                     })
                     .await
                 }

@@ -27,6 +27,19 @@ pub struct Client {
     pub tls: Arc<ClientConfig>,
 }
 
+impl Client {
+    /// A client from PEM text: the CA to trust, and its certificate and key.
+    pub fn from_pem(id: &str, ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Client> {
+        let roots = Arc::new(roots(ca_pem, Path::new("the CA certificate"))?);
+        let tls = client_config(&roots, cert_pem, key_pem)
+            .with_context(|| format!("TLS configuration of {id}"))?;
+        Ok(Client {
+            id: id.to_owned(),
+            tls,
+        })
+    }
+}
+
 /// A temporary PKI for one benchmark run; the directory is removed on drop.
 pub struct BenchPki {
     dir: tempfile::TempDir,
