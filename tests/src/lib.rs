@@ -11,18 +11,22 @@
 //! - [`platform`]: broker, PostgreSQL, taxis and bridges together, for end-to-end tests.
 //! - [`bridge_process`]: the `bridge` program as a child process (to kill and restart).
 //! - [`archive`]: a bridge's raw archive read back from S3.
+//! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
+//! - [`dispatch`]: the orders API, taxis on their inbox, a broker restartable in place.
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
 
 pub mod archive;
 pub mod bridge_process;
 pub mod broker;
+pub mod dispatch;
 pub mod http;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;
 pub mod platform;
 pub mod raw;
+pub mod tours;
 
 use std::sync::Once;
 use std::time::Duration;
@@ -127,4 +131,27 @@ pub fn status_state(payload: &[u8]) -> anyhow::Result<String> {
                 String::from_utf8_lossy(payload)
             )
         })
+}
+
+/// Declares the tests `<name>::v311` and `<name>::v5`, running the async function `name` with
+/// `Version::V311` and `Version::V5`, and optionally one more argument for each version:
+/// `both_versions!(refused, CONNACK_NOT_AUTHORIZED_V4, CONNACK_NOT_AUTHORIZED_V5);`
+#[macro_export]
+macro_rules! both_versions {
+    ($test:ident $(, $v311:expr, $v5:expr)?) => {
+        mod $test {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v311() -> anyhow::Result<()> {
+                super::$test($crate::Version::V311 $(, $v311)?).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v5() -> anyhow::Result<()> {
+                super::$test($crate::Version::V5 $(, $v5)?).await
+            }
+        }
+    };
 }

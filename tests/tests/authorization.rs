@@ -3,8 +3,8 @@
 
 use anyhow::Result;
 use tests::{
-    inbox_json, position_json, raw, TestBroker, TestPki, Version, DISCONNECT_NOT_AUTHORIZED_V5,
-    SUBACK_FAILURE_V4, SUBACK_NOT_AUTHORIZED_V5,
+    both_versions, inbox_json, position_json, raw, TestBroker, TestPki, Version,
+    DISCONNECT_NOT_AUTHORIZED_V5, SUBACK_FAILURE_V4, SUBACK_NOT_AUTHORIZED_V5,
 };
 
 async fn taxi_position_reaches_operator(version: Version) -> Result<()> {
@@ -39,15 +39,7 @@ async fn taxi_position_reaches_operator(version: Version) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taxi_position_reaches_operator_v311() -> Result<()> {
-    taxi_position_reaches_operator(Version::V311).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taxi_position_reaches_operator_v5() -> Result<()> {
-    taxi_position_reaches_operator(Version::V5).await
-}
+both_versions!(taxi_position_reaches_operator);
 
 /// Publishing anywhere but its own position/tour/ack/status disconnects a taxi, and the
 /// message reaches nobody.
@@ -107,15 +99,7 @@ async fn taxi_publishing_elsewhere_is_disconnected(version: Version) -> Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taxi_publishing_elsewhere_is_disconnected_v311() -> Result<()> {
-    taxi_publishing_elsewhere_is_disconnected(Version::V311).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taxi_publishing_elsewhere_is_disconnected_v5() -> Result<()> {
-    taxi_publishing_elsewhere_is_disconnected(Version::V5).await
-}
+both_versions!(taxi_publishing_elsewhere_is_disconnected);
 
 /// A taxi may subscribe only to its own inbox; refused filters get a failure code in the
 /// SUBACK, the others in the same SUBSCRIBE work, and the connection stays up.
@@ -170,15 +154,11 @@ async fn taxi_subscribes_only_to_its_inbox(version: Version, refused: u8) -> Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taxi_subscribes_only_to_its_inbox_v311() -> Result<()> {
-    taxi_subscribes_only_to_its_inbox(Version::V311, SUBACK_FAILURE_V4).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taxi_subscribes_only_to_its_inbox_v5() -> Result<()> {
-    taxi_subscribes_only_to_its_inbox(Version::V5, SUBACK_NOT_AUTHORIZED_V5).await
-}
+both_versions!(
+    taxi_subscribes_only_to_its_inbox,
+    SUBACK_FAILURE_V4,
+    SUBACK_NOT_AUTHORIZED_V5
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_reads_the_fleet_but_cannot_publish() -> Result<()> {
@@ -393,7 +373,7 @@ async fn bridge_reads_telemetry_through_shared_subscriptions() -> Result<()> {
                 ("$share/ingest/taxi/+/position", 1),
                 ("taxi/+/ack", 1),
                 ("$share/ingest/taxi/#", 1),
-                ("taxi/+/inbox", 1),
+                ("backoffice/#", 1),
             ])
             .await?,
         [1, 1, SUBACK_NOT_AUTHORIZED_V5, SUBACK_NOT_AUTHORIZED_V5]

@@ -7,8 +7,8 @@
 
 use anyhow::{Context, Result};
 use tests::{
-    position_json, raw, status_state, TestBroker, TestPki, Version, CONNACK_NOT_AUTHORIZED_V4,
-    CONNACK_NOT_AUTHORIZED_V5, WAIT,
+    both_versions, position_json, raw, status_state, TestBroker, TestPki, Version,
+    CONNACK_NOT_AUTHORIZED_V4, CONNACK_NOT_AUTHORIZED_V5, WAIT,
 };
 
 const HANDSHAKE_FAILURES: &str = "broker_handshake_failures_total";
@@ -35,15 +35,11 @@ async fn client_id_must_be_the_certificate_cn(version: Version, code: u8) -> Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_id_must_be_the_certificate_cn_v311() -> Result<()> {
-    client_id_must_be_the_certificate_cn(Version::V311, CONNACK_NOT_AUTHORIZED_V4).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_id_must_be_the_certificate_cn_v5() -> Result<()> {
-    client_id_must_be_the_certificate_cn(Version::V5, CONNACK_NOT_AUTHORIZED_V5).await
-}
+both_versions!(
+    client_id_must_be_the_certificate_cn,
+    CONNACK_NOT_AUTHORIZED_V4,
+    CONNACK_NOT_AUTHORIZED_V5
+);
 
 /// A certificate of the right CA with a role the broker has no rules for gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

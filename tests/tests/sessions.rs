@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tests::{
-    expiring_order_json, inbox_json, position_json, status_state, unix_ms, Event, Message,
-    MqttClient, TestBroker, TestPki, Version, CONNACK_NOT_AUTHORIZED_V4, CONNACK_NOT_AUTHORIZED_V5,
-    WAIT,
+    both_versions, expiring_order_json, inbox_json, position_json, status_state, unix_ms, Event,
+    Message, MqttClient, TestBroker, TestPki, Version, CONNACK_NOT_AUTHORIZED_V4,
+    CONNACK_NOT_AUTHORIZED_V5, WAIT,
 };
 
 /// Waits for a status message of `taxi` with the given state.
@@ -107,15 +107,7 @@ async fn persistent_session_gets_messages_sent_while_offline(version: Version) -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_session_gets_messages_sent_while_offline_v311() -> Result<()> {
-    persistent_session_gets_messages_sent_while_offline(Version::V311).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_session_gets_messages_sent_while_offline_v5() -> Result<()> {
-    persistent_session_gets_messages_sent_while_offline(Version::V5).await
-}
+both_versions!(persistent_session_gets_messages_sent_while_offline);
 
 /// An order that expires while its taxi is offline is not in the taxi's queue when it comes
 /// back, and one already expired when published is never delivered, not even to a taxi that
@@ -297,15 +289,7 @@ async fn status_goes_offline_when_the_taxi_is_killed(version: Version) -> Result
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_goes_offline_when_the_taxi_is_killed_v311() -> Result<()> {
-    status_goes_offline_when_the_taxi_is_killed(Version::V311).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_goes_offline_when_the_taxi_is_killed_v5() -> Result<()> {
-    status_goes_offline_when_the_taxi_is_killed(Version::V5).await
-}
+both_versions!(status_goes_offline_when_the_taxi_is_killed);
 
 async fn last_will_is_delivered_when_the_taxi_dies(version: Version) -> Result<()> {
     let pki = TestPki::new()?;
@@ -347,15 +331,7 @@ async fn last_will_is_delivered_when_the_taxi_dies(version: Version) -> Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_will_is_delivered_when_the_taxi_dies_v311() -> Result<()> {
-    last_will_is_delivered_when_the_taxi_dies(Version::V311).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_will_is_delivered_when_the_taxi_dies_v5() -> Result<()> {
-    last_will_is_delivered_when_the_taxi_dies(Version::V5).await
-}
+both_versions!(last_will_is_delivered_when_the_taxi_dies);
 
 /// A will is a publish like any other: one the taxi may not make is refused at CONNECT.
 async fn last_will_elsewhere_is_refused_at_connect(version: Version, code: u8) -> Result<()> {
@@ -403,12 +379,8 @@ async fn last_will_elsewhere_is_refused_at_connect(version: Version, code: u8) -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_will_elsewhere_is_refused_at_connect_v311() -> Result<()> {
-    last_will_elsewhere_is_refused_at_connect(Version::V311, CONNACK_NOT_AUTHORIZED_V4).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_will_elsewhere_is_refused_at_connect_v5() -> Result<()> {
-    last_will_elsewhere_is_refused_at_connect(Version::V5, CONNACK_NOT_AUTHORIZED_V5).await
-}
+both_versions!(
+    last_will_elsewhere_is_refused_at_connect,
+    CONNACK_NOT_AUTHORIZED_V4,
+    CONNACK_NOT_AUTHORIZED_V5
+);
