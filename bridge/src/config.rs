@@ -2,8 +2,9 @@
 //!
 //! Each stage has its own section: `[mqtt]` (the source), `[validation]` (the transform),
 //! `[postgres]` and `[archive]` (the sinks), `[batch]`, `[retention]`, `[tours]` (tour
-//! lifecycle, tariff, invoices), `[http]`. Every key has a default for a local development
-//! platform; unknown keys are errors naming the key and the file. `DATABASE_URL` overrides
+//! lifecycle, tariff, invoices), `[http]`, and `[dispatch]` (orders to taxis, with its HTTP
+//! API in `[dispatch.api]`). Every key has a default for a local development platform;
+//! unknown keys are errors naming the key and the file. `DATABASE_URL` overrides
 //! `postgres.url`.
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub tours: ToursConfig,
     pub http: HttpConfig,
+    pub dispatch: DispatchConfig,
 }
 
 /// The MQTT source: a group of connections sharing subscriptions.
@@ -154,6 +156,49 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
+/// Orders to taxis: delivery over MQTT, recording, resends, expiry, and the HTTP API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Deliver orders, record inbox messages published by backoffice apps, resend, expire.
+    pub enabled: bool,
+    /// Shared subscription group of dispatch (`$share/<group>/taxi/+/inbox` and `.../status`):
+    /// bridges in one group split the recording and the resends on reconnect.
+    pub group: String,
+    /// How often queued orders are picked up and expired ones marked.
+    pub sweep_interval_ms: u64,
+    /// An order its taxi has not confirmed yet is published again after this long
+    /// (0: only when the taxi comes online and when dispatch reconnects).
+    pub resend_interval_ms: u64,
+    /// Pause between a taxi's `online` status and the resend of its orders (the taxi
+    /// subscribes to its inbox just after connecting).
+    pub online_resend_delay_ms: u64,
+    /// Longest `text` accepted by the API, in bytes.
+    pub max_text_bytes: usize,
+    /// Longest expiry accepted by the API (`expires_in_s`, or `expires_ms` from now).
+    pub max_expires_in_s: u64,
+    pub api: DispatchApiConfig,
+}
+
+/// The dispatch HTTP API (JSON, bearer tokens).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchApiConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Who may call it: `[[dispatch.api.tokens]] name = "...", sha256 = "<hex>"`.
+    pub tokens: Vec<ApiToken>,
+}
+
+/// One API caller: a name (logged and stored as the order's sender) and the SHA-256 (hex)
+/// of its bearer token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    pub name: String,
+    pub sha256: String,
+}
+
 impl Default for Config {
     fn default() -> Config {
         let dev = PathBuf::from("certs/dev");
@@ -220,6 +265,20 @@ impl Default for Config {
             },
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9884)),
+            },
+            dispatch: DispatchConfig {
+                enabled: true,
+                group: "dispatch".to_owned(),
+                sweep_interval_ms: 500,
+                resend_interval_ms: 30_000,
+                online_resend_delay_ms: 200,
+                max_text_bytes: 4096,
+                max_expires_in_s: 7 * 24 * 3600,
+                api: DispatchApiConfig {
+                    enabled: false,
+                    listen: SocketAddr::from(([127, 0, 0, 1], 9885)),
+                    tokens: Vec::new(),
+                },
             },
         }
     }
@@ -303,6 +362,89 @@ impl Config {
         if let Some((key, why)) = self.tours.tariff.problem() {
             return invalid(&format!("tours.tariff.{key}"), why);
         }
+        self.dispatch.validate()
+    }
+}
+
+impl DispatchConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| Err(ConfigError::invalid(key, why));
+        if !wire::is_valid_device_id(&self.group) {
+            return invalid(
+                "dispatch.group",
+                "use 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+            );
+        }
+        if self.sweep_interval_ms < 10 || self.sweep_interval_ms > 60_000 {
+            return invalid(
+                "dispatch.sweep_interval_ms",
+                "must be between 10 and 60000 (queued orders wait this long at most)",
+            );
+        }
+        if self.resend_interval_ms != 0 && self.resend_interval_ms < 100 {
+            return invalid(
+                "dispatch.resend_interval_ms",
+                "must be 0 (no periodic resend) or at least 100",
+            );
+        }
+        if self.online_resend_delay_ms > 60_000 {
+            return invalid("dispatch.online_resend_delay_ms", "must be at most 60000");
+        }
+        if self.max_text_bytes == 0 || self.max_text_bytes > 60_000 {
+            return invalid(
+                "dispatch.max_text_bytes",
+                "must be between 1 and 60000 (an inbox payload is at most 64 KiB)",
+            );
+        }
+        if self.max_expires_in_s == 0 {
+            return invalid("dispatch.max_expires_in_s", "must be at least 1");
+        }
+        if self.api.enabled && !self.enabled {
+            return invalid(
+                "dispatch.api.enabled",
+                "the API needs dispatch: set dispatch.enabled = true",
+            );
+        }
+        if self.api.enabled && self.api.tokens.is_empty() {
+            return invalid(
+                "dispatch.api.tokens",
+                "at least one [[dispatch.api.tokens]] (name, sha256) is required when the API is enabled",
+            );
+        }
+        for (n, token) in self.api.tokens.iter().enumerate() {
+            if token.name.is_empty()
+                || token.name.len() > 64
+                || !token.name.chars().all(|c| c.is_ascii_graphic())
+            {
+                return invalid(
+                    &format!("dispatch.api.tokens[{n}].name"),
+                    "use 1 to 64 printable ASCII characters without spaces",
+                );
+            }
+            if token.sha256.len() != 64 || !token.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return invalid(
+                    &format!("dispatch.api.tokens[{n}].sha256"),
+                    "must be the SHA-256 of the token as 64 hexadecimal characters \
+                     (`taxictl token hash <token>` or `printf %s <token> | sha256sum`)",
+                );
+            }
+            let earlier = &self.api.tokens[..n];
+            if earlier.iter().any(|t| t.name == token.name) {
+                return invalid(
+                    &format!("dispatch.api.tokens[{n}].name"),
+                    &format!("{:?} is used by another token", token.name),
+                );
+            }
+            if earlier
+                .iter()
+                .any(|t| t.sha256.eq_ignore_ascii_case(&token.sha256))
+            {
+                return invalid(
+                    &format!("dispatch.api.tokens[{n}].sha256"),
+                    "the same token is listed twice",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -325,6 +467,41 @@ mod tests {
         )
         .expect("example config is valid");
         assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"), "{text}");
+    }
+
+    #[test]
+    fn dispatch_api_problems_are_named_precisely() {
+        let mut config = Config::default();
+        config.postgres.url = "postgres://example".to_owned();
+        config.dispatch.api.enabled = true;
+        let error = config.validate().expect_err("tokens are required");
+        assert!(error.to_string().contains("dispatch.api.tokens"), "{error}");
+        config.dispatch.api.tokens = vec![
+            ApiToken {
+                name: "office".to_owned(),
+                sha256: "a".repeat(64),
+            },
+            ApiToken {
+                name: "app".to_owned(),
+                sha256: "not hex".to_owned(),
+            },
+        ];
+        let error = config.validate().expect_err("bad hash");
+        assert!(
+            error.to_string().contains("dispatch.api.tokens[1].sha256"),
+            "{error}"
+        );
+        config.dispatch.api.tokens[1].sha256 = "A".repeat(64);
+        let error = config.validate().expect_err("same token twice");
+        assert!(error.to_string().contains("listed twice"), "{error}");
+        config.dispatch.api.tokens[1].sha256 = "b".repeat(64);
+        config.validate().expect("valid");
+        config.dispatch.enabled = false;
+        let error = config.validate().expect_err("API without dispatch");
+        assert!(
+            error.to_string().contains("dispatch.api.enabled"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //! - [`pipeline`]: batches messages through the stages, acknowledges after commit;
 //! - [`retention`]: day partitions ahead, expired ones dropped once archived;
 //! - [`replay`]: archived raw data of a time range back into PostgreSQL;
+//! - [`dispatch`]: orders to taxis: HTTP API, delivery, resends, expiry, acks applied;
 //! - [`tours`]: tour lifecycle from the stored tour events, fares, invoices.
 
 pub mod archive;
 pub mod config;
+pub mod dispatch;
 pub mod pipeline;
 pub mod record;
 pub mod replay;
@@ -42,6 +44,8 @@ pub struct RunningBridge {
     pub archive: Arc<Archive>,
     /// The embedded S3 server, when the archive uses it.
     pub embedded_s3: Option<EmbeddedS3>,
+    /// Where the dispatch HTTP API listens, when enabled.
+    pub dispatch_api: Option<SocketAddr>,
 }
 
 /// Starts the embedded S3 server if the configuration asks for it, and returns the endpoint
@@ -111,6 +115,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBridge> {
     tokio::spawn(pipeline.run(deliveries_rx));
     tokio::spawn(retention::run(config.clone(), archive.clone()));
     tours::start(&config).await?;
+    let dispatch_api = if config.dispatch.enabled {
+        dispatch::start(&config).await?.api_addr
+    } else {
+        None
+    };
 
     let http = TcpListener::bind(config.http.listen)
         .await
@@ -129,5 +138,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBridge> {
         http_addr,
         archive,
         embedded_s3,
+        dispatch_api,
     })
 }

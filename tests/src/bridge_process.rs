@@ -216,7 +216,16 @@ fn toml_value(value: &Value) -> Result<String> {
             let items: Result<Vec<String>> = items.iter().map(toml_value).collect();
             format!("[{}]", items?.join(", "))
         }
-        Value::Null | Value::Object(_) => bail!("no TOML for {value}"),
+        // A nested section (e.g. `[dispatch.api]`) as an inline table.
+        Value::Object(fields) => {
+            let fields: Result<Vec<String>> = fields
+                .iter()
+                .filter(|(_, value)| !value.is_null())
+                .map(|(key, value)| Ok(format!("{key} = {}", toml_value(value)?)))
+                .collect();
+            format!("{{ {} }}", fields?.join(", "))
+        }
+        Value::Null => bail!("no TOML for {value}"),
     })
 }
 

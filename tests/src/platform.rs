@@ -99,6 +99,12 @@ impl Platform {
         crate::init();
         let pki = TestPki::new()?;
         let broker = TestBroker::start(&pki).await?;
+        Platform::with_broker(pki, broker).await
+    }
+
+    /// Like [`Platform::start`], around a broker the caller started with this PKI.
+    pub async fn with_broker(pki: TestPki, broker: TestBroker) -> Result<Platform> {
+        crate::init();
         let postgres = tokio::task::spawn_blocking(TestPostgres::start)
             .await
             .context("starting PostgreSQL")?
