@@ -36,6 +36,8 @@ struct Cli {
 }
 
 const CERTS: &str = "certs/dev";
+/// The dispatch API's bearer token on a development platform (printed at start-up).
+const DEV_API_TOKEN: &str = "taxi-dev-token";
 
 fn main() -> ExitCode {
     service::logging::init();
@@ -73,6 +75,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     bridge_defaults.data_dir = cli.data.join("bridge");
     bridge_defaults.archive.embedded_dir = cli.data.join("s3");
     bridge_defaults.mqtt.port = broker.mqtt_addr.port();
+    bridge_defaults.dispatch.api.enabled = true;
+    bridge_defaults.dispatch.api.tokens = vec![bridge::config::ApiToken {
+        name: "dev".to_owned(),
+        sha256: bridge::dispatch::auth::token_sha256(DEV_API_TOKEN),
+    }];
     let bridge_config =
         bridge::Config::load_with_defaults(bridge_defaults, cli.bridge_config.as_deref())?;
     let archive = bridge_config.archive.clone();
@@ -153,10 +160,31 @@ Look at the stored positions:
 List the raw archive (objects appear as segments roll, every minute by default):
   {credentials}aws --endpoint-url {endpoint} s3 ls s3://{bucket}/ --recursive
 
-Ctrl-C stops everything.\n",
+{dispatch}Ctrl-C stops everything.\n",
         mqtt = broker.mqtt_addr.port(),
         broker_http = broker.http_addr,
         bridge_http = bridge.http_addr,
         bucket = archive.bucket,
+        dispatch = dispatch_guide(database_url, bridge.dispatch_api),
     );
+}
+
+/// How to send orders, when the dispatch API runs.
+fn dispatch_guide(database_url: &str, api: Option<std::net::SocketAddr>) -> String {
+    let Some(api) = api else {
+        return String::new();
+    };
+    format!(
+        "Send a taxi an order through the dispatch API (development token {DEV_API_TOKEN}):
+  export TAXICTL_URL=http://{api} TAXICTL_TOKEN={DEV_API_TOKEN}
+  cargo run -q -p taxictl -- order send --taxi taxi-1 --text 'Pick up at Alexanderplatz' --expires-in 600
+  cargo run -q -p taxictl -- order show <order id>
+  cargo run -q -p taxictl -- order list --taxi taxi-1
+  curl -s -H 'Authorization: Bearer {DEV_API_TOKEN}' -H 'Content-Type: application/json' \\
+    -d '{{\"taxi_id\":\"taxi-1\",\"kind\":\"message\",\"text\":\"Please call dispatch\"}}' http://{api}/v1/orders
+Follow every order and its state:
+  psql {database_url} -c 'SELECT order_id, taxi_id, sender, state, updated_at FROM orders ORDER BY updated_at DESC LIMIT 20'
+
+"
+    )
 }
