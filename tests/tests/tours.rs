@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use tests::bridge_process::wait_for_metric;
 use tests::platform::{bounded, eventually, Platform, Progress, ARRIVAL};
 use tests::tours::{
     invoice, known_route, north, recent_start_ms, start_tours_bridge, test_tariff,
@@ -21,7 +22,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() -> Result<()> {
     bounded(LIMIT, async {
         let platform = Platform::start().await?;
-        let _bridge = start_tours_bridge(&platform, "b1").await?;
+        let bridge = start_tours_bridge(&platform, "b1").await?;
         let backoffice_cert = platform.pki.client("backoffice", "backoffice")?;
         let mut backoffice = platform
             .broker
@@ -150,6 +151,10 @@ async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() 
             "{judged:?}"
         );
         ensure!(tour_dead_letters(&db, "taxi-7").await?.is_empty());
+        // Counted in /metrics.
+        wait_for_metric(&bridge, "bridge_invoices_issued_total", 1.0, WAIT).await?;
+        wait_for_metric(&bridge, "bridge_invoices_published_total", 1.0, WAIT).await?;
+        ensure!(bridge.metric("bridge_invoices_flagged_total").await? == 0.0);
         Ok(())
     })
     .await
@@ -159,7 +164,7 @@ async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() 
 async fn each_lifecycle_violation_lands_in_dead_letters_with_its_reason() -> Result<()> {
     bounded(LIMIT, async {
         let platform = Platform::start().await?;
-        let _bridge = start_tours_bridge(&platform, "b1").await?;
+        let bridge = start_tours_bridge(&platform, "b1").await?;
         let start_ms = recent_start_ms(30);
         let at = |s: i64, km: f64| north(start_ms, s, km);
 
@@ -245,6 +250,28 @@ async fn each_lifecycle_violation_lands_in_dead_letters_with_its_reason() -> Res
         );
         ensure!(tour_state(&db, "ghost").await?.is_none());
         ensure!(invoice(&db, "ghost").await?.is_none());
+        // Each reason counted in /metrics.
+        let addr = bridge.http_addr;
+        eventually("rejections counted by reason", WAIT, || async move {
+            let (_, page) = tests::http::get(addr, "/metrics").await?;
+            let counted: Vec<Option<f64>> = [
+                "tour_end_without_start",
+                "tour_second_start",
+                "tour_second_end",
+                "tour_other_taxi",
+            ]
+            .iter()
+            .map(|reason| {
+                tests::http::sample(&page, "bridge_tour_rejections_total", &[("reason", reason)])
+            })
+            .collect();
+            Ok(if counted == [Some(1.0), Some(1.0), Some(1.0), Some(2.0)] {
+                Progress::Done(())
+            } else {
+                Progress::Waiting(format!("{counted:?}"))
+            })
+        })
+        .await?;
         Ok(())
     })
     .await
