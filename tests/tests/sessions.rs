@@ -52,7 +52,9 @@ async fn retained_status(
     Ok(message)
 }
 
-async fn persistent_session_gets_messages_sent_while_offline(version: Version) -> Result<()> {
+/// A broker, and a backoffice client following every taxi's status (to know when the broker
+/// has ended a session).
+async fn broker_and_backoffice_watching_status() -> Result<(TestPki, TestBroker, MqttClient)> {
     let pki = TestPki::new()?;
     let broker = TestBroker::start(&pki).await?;
     let mut backoffice = broker
@@ -62,6 +64,11 @@ async fn persistent_session_gets_messages_sent_while_offline(version: Version) -
     backoffice
         .subscribe_and_wait(&[("taxi/+/status", 1)])
         .await?;
+    Ok((pki, broker, backoffice))
+}
+
+async fn persistent_session_gets_messages_sent_while_offline(version: Version) -> Result<()> {
+    let (pki, broker, mut backoffice) = broker_and_backoffice_watching_status().await?;
     let taxi_cert = pki.client("taxi-1", "taxi")?;
 
     let mut taxi = broker
@@ -114,15 +121,7 @@ both_versions!(persistent_session_gets_messages_sent_while_offline);
 /// is online; valid orders published after them arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_orders_are_never_delivered() -> Result<()> {
-    let pki = TestPki::new()?;
-    let broker = TestBroker::start(&pki).await?;
-    let mut backoffice = broker
-        .client(&pki.client("backoffice", "backoffice")?)
-        .connect()
-        .await?;
-    backoffice
-        .subscribe_and_wait(&[("taxi/+/status", 1)])
-        .await?;
+    let (pki, broker, mut backoffice) = broker_and_backoffice_watching_status().await?;
     let taxi_cert = pki.client("taxi-1", "taxi")?;
     let mut taxi = broker
         .client(&taxi_cert)
