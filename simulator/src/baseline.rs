@@ -14,7 +14,7 @@ use crate::process::{free_loopback_addr, BrokerProcess};
 /// Where Debian installs the broker.
 pub const DEFAULT_BINARY: &str = "/usr/sbin/mosquitto";
 
-/// The ACL equivalent to the broker's default rules for taxis and operators: `%u` is the
+/// The ACL equivalent to the broker's default rules for taxis, operators and the backoffice: `%u` is the
 /// user name, which is the certificate's CN (`use_identity_as_username`).
 const ACL: &str = "\
 # A taxi publishes on its own topics and reads its own inbox.
@@ -27,6 +27,12 @@ pattern read taxi/%u/inbox
 # The operator reads everything under taxi/.
 user operator
 topic read taxi/#
+
+# The backoffice writes to every taxi's inbox and reads the answers and states.
+user backoffice
+topic write taxi/+/inbox
+topic read taxi/+/ack
+topic read taxi/+/status
 ";
 
 /// Checks that Mosquitto is installed before anything is started.

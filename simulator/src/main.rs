@@ -5,6 +5,8 @@
 //!   throughput and latency, handshakes per second, memory per idle connection.
 //! - `simulator bench-bridge`: taxis through the broker into the bridge and PostgreSQL,
 //!   against PostgreSQL's own COPY rate and a naive bridge.
+//! - `simulator bench-dispatch`: order delivery with 1,000 taxis connected, directly and
+//!   through the dispatch API, against Mosquitto.
 //!
 //! The library (`simulator::*`) holds the code; this is the command line.
 
@@ -15,10 +17,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use simulator::bench::{BenchArgs, Phase, System};
+use simulator::dispatch::{DispatchArgs, DispatchPhase};
 use simulator::fleet::FleetArgs;
 use simulator::ingest::{IngestArgs, IngestPhase};
 use simulator::taxi::Behaviour;
-use simulator::{baseline, bench, fleet, ingest, target};
+use simulator::{baseline, bench, dispatch, fleet, ingest, target};
 
 #[derive(Parser)]
 #[command(about = "Simulated taxi fleet, broker benchmark and bridge benchmark over mutual TLS")]
@@ -121,6 +124,49 @@ enum Command {
             default_value = "ceiling,bridge,naive"
         )]
         phases: Vec<IngestPhase>,
+        /// Keep the temporary directory with the certificates, broker configurations and logs.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Measures how fast an order reaches its taxi with 1,000 taxis connected: published
+    /// directly by a backoffice application (against Mosquitto as the baseline) and through
+    /// the dispatch HTTP API; and the orders per second the API accepts.
+    BenchDispatch {
+        /// Connected taxis, one connection each.
+        #[arg(long, default_value_t = 1_000)]
+        taxis: usize,
+        /// Positions per second per taxi.
+        #[arg(long, default_value_t = 1.0)]
+        position_rate: f64,
+        /// Orders per second in the latency phases.
+        #[arg(long, default_value_t = 50.0)]
+        order_rate: f64,
+        /// Measured seconds of each latency phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds of position traffic before the first phase.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Seconds of the API throughput phase.
+        #[arg(long, default_value_t = 5.0)]
+        throughput_seconds: f64,
+        /// API connections of the throughput phase.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Our broker binary [default: `broker` beside this executable].
+        #[arg(long)]
+        broker_bin: Option<PathBuf>,
+        /// The Mosquitto binary.
+        #[arg(long, default_value = baseline::DEFAULT_BINARY)]
+        mosquitto_bin: PathBuf,
+        /// Phases to run, in this order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "mosquitto,mqtt,api,api-throughput"
+        )]
+        phases: Vec<DispatchPhase>,
         /// Keep the temporary directory with the certificates, broker configurations and logs.
         #[arg(long)]
         keep: bool,
@@ -236,6 +282,38 @@ fn main() -> ExitCode {
                         batch_delay_ms,
                         ceiling_rows,
                         broker_bin,
+                        phases,
+                        keep,
+                    })
+                    .await
+                }
+                Command::BenchDispatch {
+                    taxis,
+                    position_rate,
+                    order_rate,
+                    seconds,
+                    warmup,
+                    throughput_seconds,
+                    concurrency,
+                    broker_bin,
+                    mosquitto_bin,
+                    phases,
+                    keep,
+                } => {
+                    let broker_bin = match broker_bin {
+                        Some(path) => path,
+                        None => target::default_binary()?,
+                    };
+                    dispatch::run(DispatchArgs {
+                        taxis,
+                        position_rate,
+                        order_rate,
+                        seconds,
+                        warmup,
+                        throughput_seconds,
+                        concurrency,
+                        broker_bin,
+                        mosquitto_bin,
                         phases,
                         keep,
                     })

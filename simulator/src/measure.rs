@@ -83,6 +83,13 @@ impl Latency {
         self.record_us(elapsed.as_micros() as u64);
     }
 
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &Latency) -> Result<()> {
+        self.histogram
+            .add(&other.histogram)
+            .context("merging latency histograms")
+    }
+
     pub fn summary(&self) -> LatencySummary {
         if self.histogram.is_empty() {
             return LatencySummary::default();

@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
 /// Prefix of the bridge runtime's thread names.
@@ -42,11 +40,21 @@ pub struct BridgeUnderTest {
 impl BridgeUnderTest {
     /// Starts the bridge: migrations, partitions, archive, MQTT connections, `/metrics`.
     pub async fn start(settings: &BridgeSettings) -> Result<BridgeUnderTest> {
+        BridgeUnderTest::start_with(settings, |_| {}).await
+    }
+
+    /// Starts the bridge with its configuration changed by `adjust` first (e.g. to enable
+    /// the dispatch API).
+    pub async fn start_with(
+        settings: &BridgeSettings,
+        adjust: impl FnOnce(&mut bridge::Config),
+    ) -> Result<BridgeUnderTest> {
         let dir = tempfile::Builder::new()
             .prefix("bridge-bench-")
             .tempdir()
             .context("creating the bridge's directory")?;
-        let config = config(settings, dir.path().to_owned());
+        let mut config = config(settings, dir.path().to_owned());
+        adjust(&mut config);
         config.validate().context("bridge configuration")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name(THREAD_NAME)
@@ -77,6 +85,13 @@ impl BridgeUnderTest {
     /// Where `/metrics` is served.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.running.as_ref().map(|running| running.http_addr)
+    }
+
+    /// Where the dispatch HTTP API listens, if enabled.
+    pub fn dispatch_api_addr(&self) -> Option<SocketAddr> {
+        self.running
+            .as_ref()
+            .and_then(|running| running.dispatch_api)
     }
 
     /// The bridge's metrics now.
@@ -141,39 +156,13 @@ pub struct Metrics {
 impl Metrics {
     /// `GET /metrics` over plain HTTP/1.1.
     pub async fn fetch(addr: SocketAddr) -> Result<Metrics> {
-        let exchange = async {
-            let mut stream = TcpStream::connect(addr).await?;
-            stream
-                .write_all(
-                    format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await?;
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).await?;
-            std::io::Result::Ok(response)
-        };
-        let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        let answer = crate::http::get(addr, "/metrics", Duration::from_secs(5))
             .await
-            .context("no /metrics answer within 5 s")?
             .context("reading /metrics")?;
-        let text = String::from_utf8_lossy(&response);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            bail!("malformed HTTP answer from /metrics");
-        };
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!(
-                "/metrics answered {}",
-                head.lines().next().unwrap_or_default()
-            );
+        if answer.status != 200 {
+            bail!("/metrics answered {}", answer.status);
         }
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            return Ok(Metrics::parse(&dechunk(body)));
-        }
-        Ok(Metrics::parse(body))
+        Ok(Metrics::parse(&answer.text()))
     }
 
     /// Parses Prometheus text format samples (comments skipped).
@@ -213,23 +202,6 @@ impl Metrics {
     }
 }
 
-/// The body of a chunked HTTP/1.1 answer.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,14 +223,6 @@ mod tests {
         );
         assert_eq!(metrics.mean("bridge_commit_seconds"), Some(0.25));
         assert_eq!(metrics.mean("bridge_batch_messages"), None);
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
     }
 
     #[test]

@@ -735,7 +735,10 @@ async fn naive_phase(
 }
 
 /// Runs a phase within `limit`.
-async fn bounded<T>(limit: Duration, phase: impl Future<Output = Result<T>>) -> Result<T> {
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    phase: impl Future<Output = Result<T>>,
+) -> Result<T> {
     match tokio::time::timeout(limit, phase).await {
         Ok(result) => result,
         Err(_) => bail!("phase did not finish within {} s", limit.as_secs()),
@@ -756,6 +759,6 @@ fn report_outcome<T>(
 }
 
 /// One progress line on stderr.
-fn progress(phase: &str, text: String) {
+pub(crate) fn progress(phase: &str, text: String) {
     eprintln!("[{phase:>9}] {text}");
 }

@@ -14,7 +14,7 @@ pub const TARGET_P99_MS: f64 = 500.0;
 pub const TARGET_COPY_SHARE: f64 = 0.70;
 
 /// One line of the table.
-struct Row {
+pub(crate) struct Row {
     metric: String,
     value: String,
     baseline: String,
@@ -22,7 +22,7 @@ struct Row {
 }
 
 impl Row {
-    fn new(metric: impl Into<String>, value: impl Into<String>) -> Row {
+    pub(crate) fn new(metric: impl Into<String>, value: impl Into<String>) -> Row {
         Row {
             metric: metric.into(),
             value: value.into(),
@@ -32,7 +32,12 @@ impl Row {
     }
 
     /// With a baseline value and the ratio value / baseline.
-    fn against(mut self, value: f64, baseline: f64, baseline_text: impl Into<String>) -> Row {
+    pub(crate) fn against(
+        mut self,
+        value: f64,
+        baseline: f64,
+        baseline_text: impl Into<String>,
+    ) -> Row {
         self.baseline = baseline_text.into();
         self.ratio = if baseline > 0.0 {
             format!("{:.2}", value / baseline)
@@ -42,7 +47,7 @@ impl Row {
         self
     }
 
-    fn baseline(mut self, text: impl Into<String>) -> Row {
+    pub(crate) fn baseline(mut self, text: impl Into<String>) -> Row {
         self.baseline = text.into();
         self
     }
@@ -323,7 +328,8 @@ fn rows(
     rows
 }
 
-fn table(rows: &[Row]) -> String {
+/// The rows as a Markdown table: metric | value | baseline | ratio.
+pub(crate) fn table(rows: &[Row]) -> String {
     let mut cells = vec![[
         "metric".to_owned(),
         "value".to_owned(),

@@ -21,6 +21,9 @@ pub struct Behaviour {
     /// Share of orders the driver accepts when not on a tour (orders arriving during a tour
     /// are rejected as `busy`; messages and invoices are always accepted).
     pub accept_share: f64,
+    /// Whether an accepted order becomes a tour (the driver is busy until it ends and
+    /// rejects other orders as `busy`); `false`: the driver accepts without driving.
+    pub orders_become_tours: bool,
     /// From accepting an order to picking up the passenger (the tour's start).
     pub pickup_after: RangeInclusive<Duration>,
     /// Mean time between the end of a tour and a passenger hailing the taxi in the street;
@@ -49,6 +52,7 @@ impl Default for Behaviour {
             keep_alive: Duration::from_secs(30),
             decide_after: Duration::from_secs(2)..=Duration::from_secs(10),
             accept_share: 0.8,
+            orders_become_tours: true,
             pickup_after: Duration::from_secs(5)..=Duration::from_secs(30),
             hail_every: Some(Duration::from_secs(300)),
             tour_length: Duration::from_secs(120)..=Duration::from_secs(600),
@@ -64,15 +68,15 @@ impl Default for Behaviour {
 
 impl Behaviour {
     /// A taxi that only reports positions and answers its inbox at once (accepting
-    /// everything): no tours of its own, no connection losses. For measurements.
+    /// everything, never busy): no tours, no connection losses. For measurements.
     pub fn steady(rate: f64) -> Behaviour {
         Behaviour {
             rate,
             decide_after: Duration::ZERO..=Duration::ZERO,
             accept_share: 1.0,
+            orders_become_tours: false,
             hail_every: None,
             offline_every: None,
-            pickup_after: Duration::from_secs(3600)..=Duration::from_secs(3600),
             ..Behaviour::default()
         }
     }

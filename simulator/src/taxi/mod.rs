@@ -508,7 +508,8 @@ impl Taxi {
         };
         let now_ms = measure::unix_ms();
         let decide_in = pick(&mut self.rng, &self.behaviour.decide_after);
-        let busy = self.tours.busy() || self.promised;
+        let serves = self.behaviour.orders_become_tours;
+        let busy = serves && (self.tours.busy() || self.promised);
         let accept = self.rng.random_bool(self.behaviour.accept_share);
         let mut promised = false;
         let arrival = self.inbox.receive(&message, now_ms, |message| Plan {
@@ -516,7 +517,7 @@ impl Taxi {
             verdict: match message.kind {
                 wire::InboxKind::Order if busy => Verdict::Reject(BUSY.to_owned()),
                 wire::InboxKind::Order if accept => {
-                    promised = true;
+                    promised = serves;
                     Verdict::Accept
                 }
                 wire::InboxKind::Order => Verdict::Reject(DECLINED.to_owned()),
@@ -547,7 +548,9 @@ impl Taxi {
         for decision in self.inbox.decide_due(now_ms) {
             if decision.kind == wire::InboxKind::Order {
                 self.promised = false;
-                if decision.answer.state == wire::AckState::Accepted {
+                if decision.answer.state == wire::AckState::Accepted
+                    && self.behaviour.orders_become_tours
+                {
                     let pickup = pick(&mut self.rng, &self.behaviour.pickup_after);
                     self.tours.book(now_ms + pickup.as_millis() as i64);
                 }
@@ -708,24 +711,45 @@ fn instant_of_unix_ms(unix_ms: i64) -> Instant {
     Instant::now() + Duration::from_millis(ahead as u64)
 }
 
-/// Starts `specs` taxis and waits until every one listens on its inbox.
+/// Starts `specs` taxis, at most `connecting` of them not yet listening at a time, and waits
+/// until every one listens on its inbox (all within `timeout`).
 pub async fn spawn_listening(
     specs: Vec<TaxiSpec>,
     counters: Arc<Counters>,
     observer: Observer,
+    connecting: usize,
     timeout: Duration,
 ) -> Result<Vec<SimulatedTaxi>> {
-    let mut taxis: Vec<SimulatedTaxi> = specs
-        .into_iter()
-        .map(|spec| SimulatedTaxi::spawn(spec, counters.clone(), observer.clone()))
-        .collect();
+    if specs.is_empty() {
+        bail!("no taxis to start");
+    }
+    let connecting = connecting.max(1);
     let deadline = Instant::now() + timeout;
+    let mut taxis: Vec<SimulatedTaxi> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if taxis.len() >= connecting {
+            let index = taxis.len() - connecting;
+            let left = deadline.saturating_duration_since(Instant::now());
+            taxis[index].wait_listening(left).await?;
+        }
+        taxis.push(SimulatedTaxi::spawn(
+            spec,
+            counters.clone(),
+            observer.clone(),
+        ));
+    }
     for taxi in &mut taxis {
         let left = deadline.saturating_duration_since(Instant::now());
         taxi.wait_listening(left).await?;
     }
-    if taxis.is_empty() {
-        bail!("no taxis to start");
-    }
     Ok(taxis)
+}
+
+/// Stops every taxi (each disconnects cleanly), all at once.
+pub async fn stop_all(taxis: Vec<SimulatedTaxi>) {
+    let mut stopping = tokio::task::JoinSet::new();
+    for taxi in taxis {
+        stopping.spawn(taxi.stop());
+    }
+    while stopping.join_next().await.is_some() {}
 }
