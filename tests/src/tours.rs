@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bridge::tours::tariff::{NightSurcharge, Tariff, TrackPoint, ZoneSurcharge, EARTH_RADIUS_M};
 
-use crate::bridge_process::BridgeProcess;
+use crate::bridge_process::{to_toml, BridgeProcess};
 use crate::platform::{eventually, Db, Platform, Progress, Taxi, ARRIVAL};
 
 /// Settle delay of the test bridges: events are judged about this long after they arrive.
@@ -51,10 +51,10 @@ pub fn test_tariff() -> Tariff {
 /// 2.00 + 9 min x 0.10 driving + 4 min x 0.60 waiting + 1.50 station = 18.80.
 pub const KNOWN_ROUTE_FARE_CENTS: u64 = 400 + 1_000 + 90 + 240 + 150;
 
-/// A bridge process for `platform` judging tours with [`test_tariff`], [`SETTLE_MS`], quick
-/// polls and meter tolerances of 1.00 and 10 %; dispatch on (it delivers the invoice to the
-/// taxi's inbox).
-pub async fn start_tours_bridge(platform: &Platform, id: &str) -> Result<BridgeProcess> {
+/// A bridge configuration for `platform` judging tours with [`test_tariff`], [`SETTLE_MS`],
+/// quick polls and meter tolerances of 1.00 and 10 %; dispatch on (it delivers the invoice
+/// to the taxi's inbox).
+pub fn tours_config(platform: &Platform, id: &str) -> bridge::Config {
     let mut config = platform.bridge_config(id, platform.embedded_archive(&format!("s3-{id}")));
     config.tours.enabled = true;
     config.tours.settle_delay_ms = SETTLE_MS;
@@ -65,10 +65,35 @@ pub async fn start_tours_bridge(platform: &Platform, id: &str) -> Result<BridgeP
     config.tours.tariff = test_tariff();
     config.dispatch.enabled = true;
     config.dispatch.sweep_interval_ms = 100;
-    let mut process = BridgeProcess::spawn(&config)?;
+    config
+}
+
+/// A bridge process with `config`, connected and consuming.
+pub async fn spawn_consuming(
+    platform: &Platform,
+    config: &bridge::Config,
+) -> Result<BridgeProcess> {
+    let mut process = BridgeProcess::spawn(config)?;
     process.wait_ready().await?;
     platform.wait_until_consuming().await?;
     Ok(process)
+}
+
+/// A bridge process with [`tours_config`], connected and consuming.
+pub async fn start_tours_bridge(platform: &Platform, id: &str) -> Result<BridgeProcess> {
+    spawn_consuming(platform, &tours_config(platform, id)).await
+}
+
+/// Kills the bridge process (SIGKILL) and starts it again on the same data directory and
+/// HTTP port, with `config` instead of its old configuration.
+pub async fn restart_with(process: &mut BridgeProcess, mut config: bridge::Config) -> Result<()> {
+    process.kill().await?;
+    config.http.listen = process.http_addr;
+    std::fs::write(&process.config_path, to_toml(&config)?)
+        .with_context(|| format!("writing {}", process.config_path.display()))?;
+    process.config = config;
+    process.start()?;
+    process.wait_ready().await
 }
 
 /// A point `km` kilometres north of [`ROUTE_START`], `s` seconds after `start_ms`.

@@ -8,9 +8,10 @@ use anyhow::{ensure, Context, Result};
 use tests::bridge_process::wait_for_metric;
 use tests::platform::{bounded, eventually, Platform, Progress, ARRIVAL};
 use tests::tours::{
-    invoice, known_route, north, recent_start_ms, start_tours_bridge, test_tariff,
-    tour_dead_letters, tour_state, verdicts, wait_for_inbox, wait_for_invoice, wait_until_judged,
-    TourTaxi, KNOWN_ROUTE_FARE_CENTS, SETTLE_MS,
+    invoice, known_route, north, recent_start_ms, restart_with, spawn_consuming,
+    start_tours_bridge, test_tariff, tour_dead_letters, tour_state, tours_config, verdicts,
+    wait_for_inbox, wait_for_invoice, wait_until_judged, TourTaxi, KNOWN_ROUTE_FARE_CENTS,
+    SETTLE_MS,
 };
 use tests::WAIT;
 use wire::TourEventKind::{Ended, Started};
@@ -457,6 +458,113 @@ async fn a_large_meter_difference_is_flagged() -> Result<()> {
         );
         let db = platform.db().await?;
         ensure!(verdicts(&db, Some("taxi-over")).await?.len() == 2);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_not_yet_published_is_published_after_a_restart() -> Result<()> {
+    bounded(LIMIT, async {
+        let platform = Platform::start().await?;
+        // First without publishing: the invoice is issued, its publication left pending.
+        let mut config = tours_config(&platform, "b1");
+        config.tours.publish_invoices = false;
+        let mut bridge = spawn_consuming(&platform, &config).await?;
+        let mut taxi = TourTaxi::new(&platform, "taxi-p").await?;
+        taxi.drive_tour("t-p", &known_route(recent_start_ms(30)), Some(1_880))
+            .await?;
+        let row = wait_for_invoice(&platform, "t-p").await?;
+        ensure!(!row.published, "{row:?}");
+
+        let backoffice_cert = platform.pki.client("backoffice", "backoffice")?;
+        let mut backoffice = platform
+            .broker
+            .mosquitto_sub(&backoffice_cert)
+            .topic(wire::INVOICES_TOPIC)
+            .qos(1)
+            .spawn()?;
+        backoffice.expect_subscribed().await?;
+        // Killed and started again, publishing: the pending invoice goes out.
+        config.tours.publish_invoices = true;
+        restart_with(&mut bridge, config).await?;
+        let published = backoffice.expect_message(wire::INVOICES_TOPIC).await?;
+        let published = wire::Invoice::from_json(published.as_bytes())?;
+        ensure!(
+            published.tour_id == "t-p" && published.fare_cents == KNOWN_ROUTE_FARE_CENTS,
+            "{published:?}"
+        );
+        let db = platform.db().await?;
+        eventually("invoice marked published", WAIT, || async {
+            let row = invoice(&db, "t-p").await?.context("invoice gone")?;
+            Ok(if row.published {
+                Progress::Done(())
+            } else {
+                Progress::Waiting(format!("{row:?}"))
+            })
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_judge_each_tour_once() -> Result<()> {
+    bounded(LIMIT, async {
+        const TAXIS: usize = 4;
+        let platform = Platform::start().await?;
+        let _b1 = start_tours_bridge(&platform, "b1").await?;
+        let _b2 = start_tours_bridge(&platform, "b2").await?;
+        let mut drives = Vec::new();
+        for n in 1..=TAXIS {
+            let mut taxi = TourTaxi::new(&platform, &format!("taxi-{n}")).await?;
+            drives.push(tokio::spawn(async move {
+                // Two tours, 20 minutes apart.
+                let first_start = recent_start_ms(45);
+                for tour in 1..=2 {
+                    let route = known_route(first_start + (tour - 1) * 1_200_000);
+                    let id = format!("t-{}-{tour}", taxi.id());
+                    taxi.drive_tour(&id, &route, Some(KNOWN_ROUTE_FARE_CENTS))
+                        .await?;
+                }
+                anyhow::Ok(taxi)
+            }));
+        }
+        for drive in drives {
+            drive.await??;
+        }
+        for n in 1..=TAXIS {
+            for tour in 1..=2 {
+                let row = wait_for_invoice(&platform, &format!("t-taxi-{n}-{tour}")).await?;
+                ensure!(
+                    row.fare_cents == KNOWN_ROUTE_FARE_CENTS as i64 && !row.flagged,
+                    "{row:?}"
+                );
+            }
+        }
+        let db = platform.db().await?;
+        for n in 1..=TAXIS {
+            let judged = wait_until_judged(&platform, &format!("taxi-{n}"), 4).await?;
+            ensure!(
+                judged.iter().all(|v| v.3.as_deref() == Some("applied")),
+                "{judged:?}"
+            );
+        }
+        ensure!(db.count("SELECT count(*) FROM invoices", &[]).await? == 2 * TAXIS as i64);
+        ensure!(
+            db.count("SELECT count(*) FROM orders WHERE kind = 'invoice'", &[])
+                .await?
+                == 2 * TAXIS as i64
+        );
+        ensure!(
+            db.count(
+                "SELECT count(*) FROM dead_letters WHERE topic LIKE 'taxi/%/tour'",
+                &[]
+            )
+            .await?
+                == 0
+        );
         Ok(())
     })
     .await
