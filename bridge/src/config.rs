@@ -167,8 +167,9 @@ pub struct DispatchConfig {
     pub group: String,
     /// How often queued orders are picked up and expired ones marked.
     pub sweep_interval_ms: u64,
-    /// An order its taxi has not confirmed yet is published again after this long
-    /// (0: only when the taxi comes online and when dispatch reconnects).
+    /// An order its taxi has not confirmed yet is published again after this long, then
+    /// after twice as long, and so on up to 32 times as long (0: only when the taxi comes
+    /// online and when dispatch reconnects).
     pub resend_interval_ms: u64,
     /// Pause between a taxi's `online` status and the resend of its orders (the taxi
     /// subscribes to its inbox just after connecting).

@@ -15,7 +15,7 @@ use tests::dispatch::{
     wait_dispatch_subscribed, wait_for_ack_stored, DispatchApi, RestartableBroker, TOKEN,
     TOKEN_NAME,
 };
-use tests::platform::{bounded, Platform};
+use tests::platform::{bounded, eventually, Platform, Progress};
 use tests::{unix_ms, TestPki};
 
 /// Upper bound of one test.
@@ -669,6 +669,53 @@ async fn taxictl_sends_shows_and_lists_orders() -> Result<()> {
                 .map(|i| i.order_id == "cli-1")
                 .unwrap_or(false)),
             "{received_again:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_order_is_sent_again_until_its_taxi_confirms_it() -> Result<()> {
+    bounded(LIMIT, async {
+        let platform = Platform::start().await?;
+        let config = dispatch_config(&platform, "d1", 300)?;
+        let running = platform.start_bridge(&config).await?;
+        let api = DispatchApi {
+            addr: running
+                .dispatch_api
+                .context("the dispatch API is not running")?,
+        };
+        wait_dispatch_subscribed(running.http_addr, 1.0).await?;
+        let a = platform.pki.client("taxi-a", "taxi")?;
+        let mut taxi_a = inbox_taxi(&platform, &a, true).await?;
+
+        api.send_to("taxi-a", "o-1", "Answer me").await?;
+        let first = next_inbox(&mut taxi_a, "taxi-a").await?;
+        let again = next_inbox(&mut taxi_a, "taxi-a").await?;
+        ensure!(first == again, "{first:?} then {again:?}");
+        answer(&mut taxi_a, "taxi-a", 1, "o-1", "received", None).await?;
+        let confirmed = api.wait_for_state("o-1", "received").await?;
+
+        // Another order's resends show time passing: meanwhile o-1 is not published again.
+        api.send_to("taxi-a", "o-2", "Clock").await?;
+        eventually(
+            "o-2 published three times",
+            Duration::from_secs(30),
+            || async {
+                let order = api.order("o-2").await?;
+                Ok(if order["attempts"].as_i64() >= Some(3) {
+                    Progress::Done(())
+                } else {
+                    Progress::Waiting(format!("{order}"))
+                })
+            },
+        )
+        .await?;
+        let order = api.order("o-1").await?;
+        ensure!(
+            order["attempts"] == confirmed["attempts"],
+            "o-1 was published again after it was confirmed: {order}"
         );
         Ok(())
     })

@@ -277,8 +277,10 @@ impl Orders {
     }
 
     /// Claims orders due for publication: queued ones never published, and (if
-    /// `resend_after` is given) queued or sent ones last published longer ago than that.
-    /// Expired ones are never claimed. Claiming counts an attempt.
+    /// `resend_after` is given) queued or sent ones last published longer ago than that,
+    /// doubled for each earlier attempt up to 32 times (a taxi that stays offline is not
+    /// flooded; it gets its orders when it comes online anyway). Expired ones are never
+    /// claimed. Claiming counts an attempt.
     pub async fn claim_due(
         &self,
         resend_after: Option<Duration>,
@@ -287,7 +289,8 @@ impl Orders {
         let resend_ms: i64 = resend_after.map(|d| d.as_millis() as i64).unwrap_or(0);
         self.claim(
             "state IN ('queued', 'sent') AND (last_sent_at IS NULL \
-             OR ($1::bigint > 0 AND last_sent_at < now() - $1::bigint * interval '1 millisecond'))",
+             OR ($1::bigint > 0 AND last_sent_at < now() - $1::bigint \
+                 * power(2, least(greatest(attempts - 1, 0), 5)) * interval '1 millisecond'))",
             &[&resend_ms, &limit],
         )
         .await
