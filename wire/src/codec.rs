@@ -482,14 +482,20 @@ mod tests {
     }
 
     /// Every JSON example in topics.md (```json blocks and `-m '...'` arguments), with the kind
-    /// of the topic section it appears in.
+    /// of the topic section it appears in (the `backoffice/invoices` section aside, see
+    /// [`invoice_examples`]).
     fn documented_examples() -> Vec<(TopicKind, String)> {
         let mut examples = Vec::new();
         let mut kind = None;
         let mut block: Option<String> = None;
+        let mut invoices = false;
         for line in TOPICS_MD.lines() {
             if line.starts_with("## ") {
                 kind = section_kind(line);
+                invoices = line.contains(crate::INVOICES_TOPIC);
+            }
+            if invoices {
+                continue;
             }
             if let Some(text) = block.as_mut() {
                 if line.starts_with("```") {
@@ -513,6 +519,37 @@ mod tests {
             }
         }
         examples
+    }
+
+    /// The JSON examples of the `backoffice/invoices` section of topics.md.
+    fn invoice_examples() -> Vec<String> {
+        let section = TOPICS_MD
+            .split("\n## ")
+            .find(|s| s.starts_with(&format!("`{}`", crate::INVOICES_TOPIC)))
+            .unwrap_or_default();
+        section
+            .split("```json\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn topics_md_invoice_example_decodes() {
+        let examples = invoice_examples();
+        assert!(!examples.is_empty(), "topics.md needs an Invoice example");
+        for json in &examples {
+            let invoice = crate::Invoice::from_json(json.as_bytes())
+                .unwrap_or_else(|e| panic!("topics.md Invoice example: {e}\n{json}"));
+            let parts = invoice.base_cents
+                + invoice.distance_cents
+                + invoice.driving_cents
+                + invoice.waiting_cents
+                + invoice.night_cents
+                + invoice.zone_cents;
+            assert_eq!(parts, invoice.fare_cents, "{json}");
+        }
     }
 
     #[test]
