@@ -5,6 +5,7 @@
 //! later, so a consumer may see an invoice twice (same `tour_id`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct InvoicePublisher {
     client: AsyncClient,
     /// Waiting for their packet id, in publish order.
     pending: Arc<Mutex<Acks>>,
+    /// Connected to the broker now (nothing is published while not).
+    connected: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -48,8 +51,23 @@ impl InvoicePublisher {
         options.set_clean_session(true);
         let (client, eventloop) = AsyncClient::new(options, 16);
         let pending = Arc::new(Mutex::new(Acks::default()));
-        tokio::spawn(drive(client_id, eventloop, pending.clone()));
-        Ok(InvoicePublisher { client, pending })
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(drive(
+            client_id,
+            eventloop,
+            pending.clone(),
+            connected.clone(),
+        ));
+        Ok(InvoicePublisher {
+            client,
+            pending,
+            connected,
+        })
+    }
+
+    /// Whether the connection to the broker is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
     }
 
     /// Publishes one invoice and waits for the broker's PUBACK.
@@ -77,12 +95,18 @@ impl InvoicePublisher {
 }
 
 /// Polls the connection forever; matches PUBACKs to the waiting publishes.
-async fn drive(client_id: String, mut eventloop: EventLoop, pending: Arc<Mutex<Acks>>) {
+async fn drive(
+    client_id: String,
+    mut eventloop: EventLoop,
+    pending: Arc<Mutex<Acks>>,
+    connected: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(100);
+                connected.store(true, Ordering::Release);
                 info!(client_id, "invoice publisher connected to the broker");
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -98,6 +122,7 @@ async fn drive(client_id: String, mut eventloop: EventLoop, pending: Arc<Mutex<A
             }
             Ok(_) => {}
             Err(e) => {
+                connected.store(false, Ordering::Release);
                 warn!(client_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "invoice publisher: no connection to the broker");
                 metrics::counter!("bridge_mqtt_errors_total").increment(1);
@@ -116,11 +141,14 @@ async fn drive(client_id: String, mut eventloop: EventLoop, pending: Arc<Mutex<A
 
 /// Publishes invoices not yet acknowledged, oldest first, and marks each once acknowledged.
 /// Returns how many were published. Several bridges may sweep at once: each invoice is
-/// taken by one of them.
+/// taken by one of them. Does nothing while the publisher is not connected.
 pub async fn sweep(
     client: &mut tokio_postgres::Client,
     publisher: &InvoicePublisher,
 ) -> anyhow::Result<usize> {
+    if !publisher.is_connected() {
+        return Ok(0);
+    }
     let tx = client.transaction().await?;
     let rows = tx
         .query(
