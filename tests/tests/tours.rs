@@ -1,6 +1,6 @@
-//! Tours end to end with real parts: the broker, a `bridge` process judging tours with a
-//! known tariff, PostgreSQL, taxis as rumqttc clients, and the backoffice following
-//! `backoffice/invoices` with `mosquitto_sub`.
+//! Tours end to end with real parts: the broker, `bridge` processes judging tours with a
+//! known tariff, PostgreSQL, taxis as rumqttc clients (and one simulated taxi with its
+//! meter), and the backoffice following `backoffice/invoices` with `mosquitto_sub`.
 
 use std::time::Duration;
 
@@ -565,6 +565,77 @@ async fn two_bridges_judge_each_tour_once() -> Result<()> {
             .await?
                 == 0
         );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_taxis_honest_meter_agrees_with_its_invoices() -> Result<()> {
+    bounded(LIMIT, async {
+        let platform = Platform::start().await?;
+        let _bridge = start_tours_bridge(&platform, "b1").await?;
+        // Five fixes a second, a passenger every half second after a tour, tours of 3 s,
+        // an honest meter priced with the platform's tariff.
+        let ms = Duration::from_millis;
+        let behaviour = simulator::taxi::Behaviour {
+            rate: 5.0,
+            hail_every: Some(ms(500)),
+            tour_length: ms(3_000)..=ms(3_000),
+            offline_every: None,
+            meter_error_share: 0.0,
+            tariff: test_tariff(),
+            ..simulator::taxi::Behaviour::default()
+        };
+        let id = "taxi-sim";
+        let cert = platform.pki.client(id, "taxi")?;
+        let client = simulator::pki::Client::from_pem(
+            id,
+            platform.pki.ca_pem().as_bytes(),
+            cert.cert_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+        )?;
+        let spec = simulator::taxi::TaxiSpec {
+            client,
+            host: platform.broker.mqtt_addr.ip().to_string(),
+            port: platform.broker.mqtt_addr.port(),
+            behaviour,
+            seed: 7,
+        };
+        let counters = std::sync::Arc::new(simulator::taxi::Counters::default());
+        let mut taxi = simulator::taxi::SimulatedTaxi::spawn(spec, counters, None);
+        taxi.wait_listening(WAIT).await?;
+
+        let db = platform.db().await?;
+        let invoices = eventually("two invoices of the simulated taxi", ARRIVAL, || async {
+            let rows = db
+                .client()
+                .query(
+                    "SELECT tour_id, fare_cents, meter_cents, flagged FROM invoices \
+                     WHERE taxi_id = $1 ORDER BY ended_at",
+                    &[&id],
+                )
+                .await?;
+            let rows: Vec<(String, i64, Option<i64>, bool)> = rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<Result<_>>()?;
+            Ok(if rows.len() >= 2 {
+                Progress::Done(rows)
+            } else {
+                Progress::Waiting(format!("{rows:?}"))
+            })
+        })
+        .await?;
+        taxi.stop().await;
+        for (tour_id, fare, meter, flagged) in &invoices {
+            let meter = meter.with_context(|| format!("{tour_id} has no meter reading"))?;
+            ensure!(
+                !flagged && (meter - fare).abs() <= 2,
+                "{tour_id}: fare {fare}, meter {meter}: {invoices:?}"
+            );
+        }
+        ensure!(tour_dead_letters(&db, id).await?.is_empty());
         Ok(())
     })
     .await
