@@ -12,7 +12,6 @@
 //! - [`bridge_process`]: the `bridge` program as a child process (to kill and restart).
 //! - [`archive`]: a bridge's raw archive read back from S3.
 //! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
-//! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
 //! - [`dispatch`]: the orders API, taxis on their inbox, a broker restartable in place.
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
@@ -27,7 +26,6 @@ pub mod mqtt;
 pub mod pki;
 pub mod platform;
 pub mod raw;
-pub mod tours;
 pub mod tours;
 
 use std::sync::Once;
