@@ -590,7 +590,6 @@ async fn write_timing() -> anyhow::Result<()> {
     use std::pin::pin;
     use std::time::{Duration, Instant};
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::Type;
 
     let pg = TestPostgres::start()?;
     let mut store = Store::connect(&pg.url()).await?;
@@ -605,17 +604,6 @@ async fn write_timing() -> anyhow::Result<()> {
                 accuracy_m real, received_at timestamptz, PRIMARY KEY (taxi_id, ts, seq))",
         )
         .await?;
-    let types = [
-        Type::TEXT,
-        Type::INT8,
-        Type::TIMESTAMPTZ,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT4,
-        Type::FLOAT4,
-        Type::FLOAT4,
-        Type::TIMESTAMPTZ,
-    ];
     let to_time = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
 
     let median = |mut v: Vec<Duration>| {
@@ -657,7 +645,10 @@ async fn write_timing() -> anyhow::Result<()> {
                      received_at) FROM STDIN (FORMAT binary)",
                 )
                 .await?;
-            let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+            let mut writer = pin!(BinaryCopyInWriter::new(
+                sink,
+                &bridge::store::POSITION_TYPES
+            ));
             for record in batch {
                 let Record::Position {
                     taxi,

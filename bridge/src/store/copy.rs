@@ -13,7 +13,8 @@ use super::batch::{DeadRow, PositionRow};
 pub(super) const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS positions_staging \
      (LIKE positions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
 
-pub(super) const COPY_POSITIONS: &str = "COPY positions \
+/// COPY of positions straight into `positions`, in the column order of [`POSITION_TYPES`].
+pub const COPY_POSITIONS: &str = "COPY positions \
      (taxi_id, seq, ts, lat, lon, speed_kmh, heading_deg, accuracy_m, received_at) \
      FROM STDIN (FORMAT binary)";
 
@@ -21,7 +22,8 @@ pub(super) const COPY_STAGING: &str = "COPY positions_staging \
      (taxi_id, seq, ts, lat, lon, speed_kmh, heading_deg, accuracy_m, received_at) \
      FROM STDIN (FORMAT binary)";
 
-const POSITION_TYPES: [Type; 9] = [
+/// The column types of a positions COPY.
+pub const POSITION_TYPES: [Type; 9] = [
     Type::TEXT,
     Type::INT8,
     Type::TIMESTAMPTZ,

@@ -17,6 +17,7 @@
 
 mod batch;
 mod copy;
+pub use copy::{COPY_POSITIONS, POSITION_TYPES};
 mod error;
 pub mod partitions;
 mod retention;

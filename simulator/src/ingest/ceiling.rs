@@ -15,30 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bridge::record::Record;
 use bridge::store::types::Timestamp;
-use bridge::store::Store;
+use bridge::store::{Store, COPY_POSITIONS, POSITION_TYPES};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 
 use crate::measure;
 use crate::motion::{Walker, BERLIN};
 use crate::pki::taxi_id;
-
-/// The bridge's COPY statement for positions.
-const COPY_POSITIONS: &str = "COPY positions \
-     (taxi_id, seq, ts, lat, lon, speed_kmh, heading_deg, accuracy_m, received_at) \
-     FROM STDIN (FORMAT binary)";
-
-const POSITION_TYPES: [Type; 9] = [
-    Type::TEXT,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::FLOAT4,
-    Type::TIMESTAMPTZ,
-];
 
 /// Rows written over some time.
 #[derive(Clone, Copy, Debug, Default)]
