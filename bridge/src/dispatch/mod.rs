@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use crate::Config;
 
 /// Connections to PostgreSQL shared by the API, the recorder and the sweep.
-const POSTGRES_CONNECTIONS: usize = 4;
+const POSTGRES_CONNECTIONS: usize = 8;
 
 /// A started dispatch.
 pub struct RunningDispatch {
