@@ -108,6 +108,8 @@ pub struct DispatchResults {
     pub throughput: Option<Result<PhaseResult, String>>,
     /// Orders in PostgreSQL at the end, by sender and state.
     pub order_states: Vec<(String, String, i64)>,
+    /// The first few orders still unanswered at the end: id, state, acks stored for it.
+    pub unanswered: Vec<(String, String, i64)>,
     /// The platform's set-up, if it failed.
     pub platform_error: Option<String>,
 }
@@ -411,6 +413,7 @@ async fn platform_phases(
                 results.throughput = Some(report_outcome("throughput", outcome));
             }
             results.order_states = order_states(&url).await?;
+            results.unanswered = unanswered(&url).await?;
             anyhow::Ok(())
         }
         .await;
@@ -538,11 +541,29 @@ async fn order_states(url: &str) -> Result<Vec<(String, String, i64)>> {
     }
     let rows = client
         .query(
-            "SELECT sender, state, count(*) FROM orders GROUP BY 1, 2 ORDER BY 1, 2",
+            "SELECT sender, state || COALESCE(' (' || reason || ')', ''), count(*) FROM orders \
+             GROUP BY 1, 2 ORDER BY 1, 2",
             &[],
         )
         .await
         .context("counting orders by state")?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect()
+}
+
+/// The first few orders not answered yet, with the number of acks stored for each.
+async fn unanswered(url: &str) -> Result<Vec<(String, String, i64)>> {
+    let client = database::connect(url).await?;
+    let rows = client
+        .query(
+            "SELECT o.order_id, o.state, (SELECT count(*) FROM acks a WHERE a.order_id = \
+             o.order_id) FROM orders o WHERE o.state IN ('queued', 'sent', 'received') \
+             ORDER BY o.created_at LIMIT 5",
+            &[],
+        )
+        .await
+        .context("listing unanswered orders")?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
         .collect()

@@ -234,6 +234,15 @@ pub fn render(args: &DispatchArgs, results: &DispatchResults) -> String {
             let _ = writeln!(out, "  {sender}: {state} {count}");
         }
     }
+    if !results.unanswered.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nUnanswered orders (first few): order id, state, acks stored for it"
+        );
+        for (order_id, state, acks) in &results.unanswered {
+            let _ = writeln!(out, "  {order_id}: {state}, {acks} acks");
+        }
+    }
     out.push_str(&failures(results));
     out
 }
@@ -325,6 +334,7 @@ mod tests {
             api: Some(Ok(phase(6, 16, 500, 499))),
             throughput: Some(Err("bridge died".to_owned())),
             order_states: vec![("api".to_owned(), "accepted".to_owned(), 999)],
+            unanswered: vec![("api-7".to_owned(), "sent".to_owned(), 2)],
             platform_error: None,
         };
         let text = render(&args, &results);
@@ -350,6 +360,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("api: accepted 999"), "{text}");
+        assert!(text.contains("api-7: sent, 2 acks"), "{text}");
         assert!(
             text.contains("api-throughput: failed: bridge died"),
             "{text}"
