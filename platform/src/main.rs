@@ -83,6 +83,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let bridge_config =
         bridge::Config::load_with_defaults(bridge_defaults, cli.bridge_config.as_deref())?;
     let archive = bridge_config.archive.clone();
+    // The simulated taximeters price tours with the platform's own tariff.
+    let tariff = bridge_config.tours.tariff.clone();
     let bridge = bridge::start(bridge_config).await?;
 
     print_guide(&database_url, &broker, &bridge, &archive);
@@ -95,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             certs: PathBuf::from(CERTS),
             behaviour: simulator::taxi::Behaviour {
                 rate: cli.rate,
+                tariff,
                 ..Default::default()
             },
         };
