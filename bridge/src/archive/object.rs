@@ -222,10 +222,7 @@ pub fn encode_object(messages: &[RawMessage]) -> Vec<u8> {
         serde_json::to_writer(&mut json, &line).expect("JSON of strings and integers");
         json.push(b'\n');
     }
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(json.len() / 4 + 64),
-        Compression::fast(),
-    );
+    let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4 + 64), Compression::fast());
     gz.write_all(&json).expect("writing to a Vec cannot fail");
     gz.finish().expect("writing to a Vec cannot fail")
 }
