@@ -162,6 +162,10 @@ Look at the stored positions:
   psql {database_url} -c 'SELECT count(*) FROM positions'
 List the raw archive (objects appear as segments roll, every minute by default):
   {credentials}aws --endpoint-url {endpoint} s3 ls s3://{bucket}/ --recursive
+Follow tours and their invoices:
+  mosquitto_sub -h localhost -p {mqtt} --cafile {CERTS}/ca.pem --cert {CERTS}/backoffice.pem \
+    --key {CERTS}/backoffice.key -i backoffice -q 1 -t backoffice/invoices
+  psql {database_url} -c 'SELECT tour_id, taxi_id, fare_cents, meter_cents, flagged FROM invoices ORDER BY issued_at DESC LIMIT 10'
 
 {dispatch}Ctrl-C stops everything.\n",
         mqtt = broker.mqtt_addr.port(),
