@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport,
+};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -50,6 +52,16 @@ impl AckToken {
             warn!(error = %e, "acknowledgement not sent; the message will be redelivered");
         }
     }
+}
+
+/// A client and its event loop for `options`, with Nagle's algorithm off: orders, acks and
+/// invoices are small packets that must not wait for more to send.
+pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 /// Options for one mTLS connection of the bridge to the broker (`mqtt.host`, `mqtt.port`, the
@@ -112,7 +124,7 @@ async fn run_connection(
     filters: Vec<SubscribeFilter>,
     deliveries: mpsc::Sender<Delivery>,
 ) {
-    let (client, mut eventloop) = AsyncClient::new(options, BROKER_INFLIGHT * 2);
+    let (client, mut eventloop) = self::client(options, BROKER_INFLIGHT * 2);
     let generation = Arc::new(AtomicU64::new(0));
     let mut backoff = Duration::from_millis(100);
     let mut connected = false;

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -105,23 +104,13 @@ pub fn start(
     config: &DispatchConfig,
     orders: Arc<Orders>,
 ) -> anyhow::Result<Publisher> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("mqtt.{key} ({}): cannot read", path.display()))
-    };
-    let ca = read("ca", &mqtt.ca)?;
-    let cert = read("cert", &mqtt.cert)?;
-    let key = read("key", &mqtt.key)?;
     let client_id = format!("{}.{bridge_id}-dispatch", mqtt.client_id);
-    let mut options = MqttOptions::new(client_id.clone(), mqtt.host.clone(), mqtt.port);
+    let mut options = crate::source::mtls_options(mqtt, &client_id)?;
     options
-        .set_keep_alive(Duration::from_secs(mqtt.keep_alive_secs))
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(mqtt.max_packet_size, mqtt.max_packet_size)
-        .set_request_channel_capacity(REQUEST_CAPACITY)
-        .set_transport(Transport::tls(ca, Some((cert, key)), None));
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        .set_request_channel_capacity(REQUEST_CAPACITY);
+    let (client, eventloop) = crate::source::client(options, REQUEST_CAPACITY);
     let publisher = Publisher {
         client: client.clone(),
     };

@@ -49,7 +49,7 @@ impl InvoicePublisher {
             .context("the invoice publisher's connection")?;
         // A new session after each reconnect: nothing old is sent again behind our back.
         options.set_clean_session(true);
-        let (client, eventloop) = AsyncClient::new(options, 16);
+        let (client, eventloop) = crate::source::client(options, 16);
         let pending = Arc::new(Mutex::new(Acks::default()));
         let connected = Arc::new(AtomicBool::new(false));
         tokio::spawn(drive(
