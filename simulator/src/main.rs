@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use simulator::bench::{BenchArgs, Phase, System};
@@ -56,12 +56,10 @@ enum Command {
         /// Connections being opened at once in the handshake and idle phases.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// Our broker binary [default: `broker` beside this executable].
-        #[arg(long)]
-        broker_bin: Option<PathBuf>,
-        /// The Mosquitto binary.
-        #[arg(long, default_value = baseline::DEFAULT_BINARY)]
-        mosquitto_bin: PathBuf,
+        #[command(flatten)]
+        broker: OurBroker,
+        #[command(flatten)]
+        mosquitto: Mosquitto,
         /// Brokers to measure, in this order.
         #[arg(
             long,
@@ -78,9 +76,8 @@ enum Command {
             default_value = "throughput,handshakes,idle"
         )]
         phases: Vec<Phase>,
-        /// Keep the temporary directory with the certificates, broker configurations and logs.
-        #[arg(long)]
-        keep: bool,
+        #[command(flatten)]
+        temp: TempDir,
     },
     /// Measures the bridge: taxis publish through the broker, the bridge commits to a private
     /// PostgreSQL; sustained positions per second, publish-to-commit delay and losses, against
@@ -113,9 +110,8 @@ enum Command {
         /// Rows written in the ceiling phase [default: rate x seconds].
         #[arg(long)]
         ceiling_rows: Option<u64>,
-        /// Our broker binary [default: `broker` beside this executable].
-        #[arg(long)]
-        broker_bin: Option<PathBuf>,
+        #[command(flatten)]
+        broker: OurBroker,
         /// Phases to run, in this order.
         #[arg(
             long,
@@ -124,9 +120,8 @@ enum Command {
             default_value = "ceiling,bridge,naive"
         )]
         phases: Vec<IngestPhase>,
-        /// Keep the temporary directory with the certificates, broker configurations and logs.
-        #[arg(long)]
-        keep: bool,
+        #[command(flatten)]
+        temp: TempDir,
     },
     /// Measures how fast an order reaches its taxi with 1,000 taxis connected: published
     /// directly by a backoffice application (against Mosquitto as the baseline) and through
@@ -153,12 +148,10 @@ enum Command {
         /// API connections of the throughput phase.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
-        /// Our broker binary [default: `broker` beside this executable].
-        #[arg(long)]
-        broker_bin: Option<PathBuf>,
-        /// The Mosquitto binary.
-        #[arg(long, default_value = baseline::DEFAULT_BINARY)]
-        mosquitto_bin: PathBuf,
+        #[command(flatten)]
+        broker: OurBroker,
+        #[command(flatten)]
+        mosquitto: Mosquitto,
         /// Phases to run, in this order.
         #[arg(
             long,
@@ -167,9 +160,8 @@ enum Command {
             default_value = "mosquitto,mqtt,api,api-throughput"
         )]
         phases: Vec<DispatchPhase>,
-        /// Keep the temporary directory with the certificates, broker configurations and logs.
-        #[arg(long)]
-        keep: bool,
+        #[command(flatten)]
+        temp: TempDir,
     },
     /// Runs N simulated taxis against a running broker until Ctrl-C: positions, answers to
     /// inbox messages, tours, connection losses.
@@ -196,6 +188,40 @@ enum Command {
         #[arg(long, default_value_t = 0.8)]
         accept: f64,
     },
+}
+
+/// `--broker-bin`, of the benchmarks that start our broker.
+#[derive(Args)]
+struct OurBroker {
+    /// Our broker binary [default: `broker` beside this executable].
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
+}
+
+impl OurBroker {
+    /// The binary given, or `broker` beside this executable.
+    fn binary(self) -> anyhow::Result<PathBuf> {
+        match self.broker_bin {
+            Some(path) => Ok(path),
+            None => target::default_binary(),
+        }
+    }
+}
+
+/// `--mosquitto-bin`, of the benchmarks that measure Mosquitto as the baseline.
+#[derive(Args)]
+struct Mosquitto {
+    /// The Mosquitto binary.
+    #[arg(long, default_value = baseline::DEFAULT_BINARY)]
+    mosquitto_bin: PathBuf,
+}
+
+/// `--keep`, of the benchmarks that work in a temporary directory.
+#[derive(Args)]
+struct TempDir {
+    /// Keep the temporary directory with the certificates, broker configurations and logs.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn main() -> ExitCode {
@@ -227,16 +253,12 @@ fn main() -> ExitCode {
                     idle,
                     handshakes,
                     concurrency,
-                    broker_bin,
-                    mosquitto_bin,
+                    broker,
+                    mosquitto,
                     systems,
                     phases,
-                    keep,
+                    temp,
                 } => {
-                    let broker_bin = match broker_bin {
-                        Some(path) => path,
-                        None => target::default_binary()?,
-                    };
                     bench::run(BenchArgs {
                         taxis,
                         rate,
@@ -245,11 +267,11 @@ fn main() -> ExitCode {
                         idle,
                         handshakes,
                         concurrency,
-                        broker_bin,
-                        mosquitto_bin,
+                        broker_bin: broker.binary()?,
+                        mosquitto_bin: mosquitto.mosquitto_bin,
                         systems,
                         phases,
-                        keep,
+                        keep: temp.keep,
                     })
                     .await
                 }
@@ -263,14 +285,10 @@ fn main() -> ExitCode {
                     batch,
                     batch_delay_ms,
                     ceiling_rows,
-                    broker_bin,
+                    broker,
                     phases,
-                    keep,
+                    temp,
                 } => {
-                    let broker_bin = match broker_bin {
-                        Some(path) => path,
-                        None => target::default_binary()?,
-                    };
                     ingest::run(IngestArgs {
                         taxis,
                         rate,
@@ -281,9 +299,9 @@ fn main() -> ExitCode {
                         batch,
                         batch_delay_ms,
                         ceiling_rows,
-                        broker_bin,
+                        broker_bin: broker.binary()?,
                         phases,
-                        keep,
+                        keep: temp.keep,
                     })
                     .await
                 }
@@ -295,15 +313,11 @@ fn main() -> ExitCode {
                     warmup,
                     throughput_seconds,
                     concurrency,
-                    broker_bin,
-                    mosquitto_bin,
+                    broker,
+                    mosquitto,
                     phases,
-                    keep,
+                    temp,
                 } => {
-                    let broker_bin = match broker_bin {
-                        Some(path) => path,
-                        None => target::default_binary()?,
-                    };
                     dispatch::run(DispatchArgs {
                         taxis,
                         position_rate,
@@ -312,10 +326,10 @@ fn main() -> ExitCode {
                         warmup,
                         throughput_seconds,
                         concurrency,
-                        broker_bin,
-                        mosquitto_bin,
+                        broker_bin: broker.binary()?,
+                        mosquitto_bin: mosquitto.mosquitto_bin,
                         phases,
-                        keep,
+                        keep: temp.keep,
                     })
                     .await
                 }
