@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 use tracing::{info, warn};
 use wire::TourEventKind;
@@ -257,6 +258,28 @@ async fn load_tour(tx: &Transaction<'_>, tour_id: &str) -> anyhow::Result<Option
     }))
 }
 
+/// Executes `sql` ([`INSERT_TOUR`], [`END_TOUR`]) with the parameters `keys`, then the
+/// event's seq, device time, position and meter reading, then `now`.
+async fn write_event(
+    tx: &Transaction<'_>,
+    sql: &str,
+    keys: &[&(dyn ToSql + Sync)],
+    event: &StoredEvent,
+    now: &Timestamp,
+) -> anyhow::Result<u64> {
+    let at = Timestamp::clamped(event.ts_ms);
+    let mut params = keys.to_vec();
+    params.extend_from_slice(&[
+        &event.seq,
+        &at,
+        &event.lat,
+        &event.lon,
+        &event.meter_cents,
+        now,
+    ]);
+    Ok(tx.execute(sql, &params).await?)
+}
+
 /// Judges one event and writes what follows from it.
 async fn apply(
     tx: &Transaction<'_>,
@@ -270,18 +293,12 @@ async fn apply(
     let now = Timestamp::clamped(now_ms);
     let (outcome, reason_code) = match &verdict {
         Verdict::Start => {
-            tx.execute(
+            write_event(
+                tx,
                 INSERT_TOUR,
-                &[
-                    &event.tour_id,
-                    &event.taxi_id,
-                    &event.seq,
-                    &Timestamp::clamped(event.ts_ms),
-                    &event.lat,
-                    &event.lon,
-                    &event.meter_cents,
-                    &now,
-                ],
+                &[&event.tour_id, &event.taxi_id],
+                event,
+                &now,
             )
             .await?;
             round.applied += 1;
@@ -291,19 +308,7 @@ async fn apply(
             let Some(tour) = &tour else {
                 anyhow::bail!("an end was judged for a tour that is not stored");
             };
-            tx.execute(
-                END_TOUR,
-                &[
-                    &event.tour_id,
-                    &event.seq,
-                    &Timestamp::clamped(event.ts_ms),
-                    &event.lat,
-                    &event.lon,
-                    &event.meter_cents,
-                    &now,
-                ],
-            )
-            .await?;
+            write_event(tx, END_TOUR, &[&event.tour_id], event, &now).await?;
             let (fare, points) = super::fare::fare(tx, &config.tariff, tour, event).await?;
             let issued = invoice::issue(tx, config, tour, event, &fare, points, now_ms).await?;
             if issued.new {
