@@ -20,7 +20,8 @@ use anyhow::{bail, Context, Result};
 use bridge::config::ArchiveConfig;
 use tempfile::TempDir;
 use testkit::postgres::TestPostgres;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::Row;
 
 use crate::broker::TestBroker;
 use crate::mqtt::{Event, MqttClient};
@@ -435,6 +436,33 @@ pub fn ids(taxis: &[Taxi]) -> Vec<String> {
     taxis.iter().map(|t| t.id.clone()).collect()
 }
 
+/// A row read as a tuple of its columns, in order ([`Db::rows`], [`Db::row_opt`]).
+pub trait FromRow: Sized {
+    fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error>;
+}
+
+macro_rules! tuple_from_row {
+    ($($column:ident $index:tt),+) => {
+        impl<$($column),+> FromRow for ($($column,)+)
+        where
+            $($column: for<'a> FromSql<'a>),+
+        {
+            fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+                Ok(($(row.try_get($index)?,)+))
+            }
+        }
+    };
+}
+
+tuple_from_row!(A 0);
+tuple_from_row!(A 0, B 1);
+tuple_from_row!(A 0, B 1, C 2);
+tuple_from_row!(A 0, B 1, C 2, D 3);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+
 /// A connection to the bridge's database.
 pub struct Db {
     client: tokio_postgres::Client,
@@ -469,19 +497,55 @@ impl Db {
         Ok(row.try_get(0)?)
     }
 
-    /// Every stored position key of these taxis, one entry per row (duplicates kept), sorted.
-    pub async fn position_rows(&self, taxis: &[String]) -> Result<Vec<(String, i64)>> {
+    /// Every row of a query, each as a tuple of its columns.
+    pub async fn rows<T: FromRow>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<T>> {
         let rows = self
             .client
-            .query(
-                "SELECT taxi_id, seq FROM positions WHERE taxi_id = ANY($1) ORDER BY 1, 2",
-                &[&taxis],
-            )
+            .query(sql, params)
             .await
-            .context("reading the stored positions")?;
+            .with_context(|| format!("running {sql}"))?;
         rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .map(|row| T::from_row(row).with_context(|| format!("reading a row of {sql}")))
             .collect()
+    }
+
+    /// The one row of a query, as a tuple of its columns.
+    pub async fn row<T: FromRow>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<T> {
+        let row = self
+            .client
+            .query_one(sql, params)
+            .await
+            .with_context(|| format!("running {sql}"))?;
+        T::from_row(&row).with_context(|| format!("reading the row of {sql}"))
+    }
+
+    /// The row of a query that returns at most one, as a tuple of its columns.
+    pub async fn row_opt<T: FromRow>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<T>> {
+        let row = self
+            .client
+            .query_opt(sql, params)
+            .await
+            .with_context(|| format!("running {sql}"))?;
+        row.map(|row| T::from_row(&row).with_context(|| format!("reading the row of {sql}")))
+            .transpose()
+    }
+
+    /// Every stored position key of these taxis, one entry per row (duplicates kept), sorted.
+    pub async fn position_rows(&self, taxis: &[String]) -> Result<Vec<(String, i64)>> {
+        self.rows(
+            "SELECT taxi_id, seq FROM positions WHERE taxi_id = ANY($1) ORDER BY 1, 2",
+            &[&taxis],
+        )
+        .await
+        .context("reading the stored positions")
     }
 
     /// Keys (taxi, seq) stored more than once, over the whole table.

@@ -64,28 +64,12 @@ type PositionRow = (
 );
 
 async fn stored_positions(db: &Db, taxis: &[String]) -> Result<Vec<PositionRow>> {
-    let rows = db
-        .client()
-        .query(
-            "SELECT taxi_id, seq, (extract(epoch FROM ts) * 1000)::int8, lat, lon, speed_kmh, \
-             heading_deg, accuracy_m FROM positions WHERE taxi_id = ANY($1) ORDER BY 1, 2",
-            &[&taxis],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-                r.try_get(5)?,
-                r.try_get(6)?,
-                r.try_get(7)?,
-            ))
-        })
-        .collect()
+    db.rows(
+        "SELECT taxi_id, seq, (extract(epoch FROM ts) * 1000)::int8, lat, lon, speed_kmh, \
+         heading_deg, accuracy_m FROM positions WHERE taxi_id = ANY($1) ORDER BY 1, 2",
+        &[&taxis],
+    )
+    .await
 }
 
 /// Equal, coordinates within a nanodegree (a JSON number may decode one ulp off).
@@ -244,21 +228,14 @@ async fn stores_each_position_and_tour_once(s3: S3) -> Result<()> {
     for (taxi, tour) in taxis.iter().zip(&tours) {
         // The newest fix of each taxi.
         let last = taxi.positions.last().context("no positions")?;
-        let row = db
-            .client()
-            .query_one(
+        let latest: (i64, i64, f64, f64) = db
+            .row(
                 "SELECT seq, (extract(epoch FROM ts) * 1000)::int8, lat, lon \
                  FROM latest_positions WHERE taxi_id = $1",
                 &[&taxi.id],
             )
             .await
             .with_context(|| format!("latest position of {}", taxi.id))?;
-        let latest: (i64, i64, f64, f64) = (
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        );
         assert!(
             (latest.0, latest.1) == (last.seq as i64, last.ts_ms)
                 && (latest.2 - last.lat).abs() < 1e-9
@@ -268,9 +245,8 @@ async fn stores_each_position_and_tour_once(s3: S3) -> Result<()> {
         );
 
         // The tour, from its two events.
-        let row = db
-            .client()
-            .query_one(
+        let stored_tour: (i64, f64, f64, i64, f64, f64, Option<i64>) = db
+            .row(
                 "SELECT (extract(epoch FROM started_at) * 1000)::int8, start_lat, start_lon, \
                  (extract(epoch FROM ended_at) * 1000)::int8, end_lat, end_lon, meter_cents \
                  FROM tours WHERE taxi_id = $1 AND tour_id = $2",
@@ -278,15 +254,6 @@ async fn stores_each_position_and_tour_once(s3: S3) -> Result<()> {
             )
             .await
             .with_context(|| format!("tour {} of {}", tour.id, taxi.id))?;
-        let stored_tour: (i64, f64, f64, i64, f64, f64, Option<i64>) = (
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-            row.try_get(5)?,
-            row.try_get(6)?,
-        );
         let expected_tour = (
             tour.started.ts_ms,
             tour.started.lat,
@@ -396,18 +363,13 @@ async fn archive_holds_every_message(s3: S3) -> Result<()> {
     wait_for_positions(&url, &ids, TAXIS * POSITIONS as usize).await?;
     let db = platform.db().await?;
     eventually("every invalid message in dead_letters", ARRIVAL, || async {
-        let rows = db
-            .client()
-            .query(
+        let by_reason: Vec<(String, i64)> = db
+            .rows(
                 "SELECT reason_code, count(*) FROM dead_letters WHERE taxi_id = ANY($1) \
                  GROUP BY 1 ORDER BY 1",
                 &[&ids],
             )
             .await?;
-        let by_reason: Vec<(String, i64)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_>>()?;
         let dead: i64 = by_reason.iter().map(|(_, n)| n).sum();
         Ok(if dead >= invalid {
             Progress::Done(())
@@ -711,21 +673,13 @@ async fn mosquitto_pub_position_is_stored() -> Result<()> {
         let ids = vec!["taxi-042".to_owned()];
         wait_for_positions(&platform.database_url(), &ids, 1).await?;
         let db = platform.db().await?;
-        let row = db
-            .client()
-            .query_one(
+        let stored: (i64, i64, f64, f64, Option<f32>) = db
+            .row(
                 "SELECT seq, (extract(epoch FROM ts) * 1000)::int8, lat, lon, speed_kmh \
                  FROM positions WHERE taxi_id = 'taxi-042'",
                 &[],
             )
             .await?;
-        let stored: (i64, i64, f64, f64, Option<f32>) = (
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-        );
         assert_eq!(
             stored,
             (1_732_200_000_124, ts_ms, 52.52003, 13.40481, Some(31.5))
