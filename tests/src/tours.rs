@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use bridge::tours::tariff::{NightSurcharge, Tariff, TrackPoint, ZoneSurcharge, EARTH_RADIUS_M};
+use anyhow::{ensure, Context, Result};
+use bridge::tours::tariff::{NightSurcharge, Tariff, TrackPoint, ZoneSurcharge, M_PER_DEG};
 
 use crate::bridge_process::{to_toml, BridgeProcess};
+use crate::mosquitto::SubProcess;
 use crate::platform::{eventually, Db, Platform, Progress, Taxi, ARRIVAL};
 
 /// Settle delay of the test bridges: events are judged about this long after they arrive.
@@ -15,9 +16,6 @@ pub const SETTLE_MS: u64 = 600;
 
 /// Where the known route starts, and the zone around it.
 pub const ROUTE_START: (f64, f64) = (52.5, 13.4);
-
-/// Metres per degree of latitude on the tariff's sphere.
-const M_PER_DEG: f64 = EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
 
 /// The tariff of the tests: 4.00 base, 2.00 per km, 0.10 per minute driving, 0.60 per minute
 /// waiting (below 5 km/h), no night surcharge, 1.50 for tours starting or ending at the
@@ -82,6 +80,38 @@ pub async fn spawn_consuming(
 /// A bridge process with [`tours_config`], connected and consuming.
 pub async fn start_tours_bridge(platform: &Platform, id: &str) -> Result<BridgeProcess> {
     spawn_consuming(platform, &tours_config(platform, id)).await
+}
+
+/// A platform with one bridge process `b1` judging tours ([`start_tours_bridge`]).
+pub async fn platform_with_tours() -> Result<(Platform, BridgeProcess)> {
+    let platform = Platform::start().await?;
+    let bridge = start_tours_bridge(&platform, "b1").await?;
+    Ok((platform, bridge))
+}
+
+/// The backoffice following [`wire::INVOICES_TOPIC`] with `mosquitto_sub` (QoS 1), once the
+/// broker has granted the subscription.
+pub async fn follow_invoices(platform: &Platform) -> Result<SubProcess> {
+    let backoffice_cert = platform.pki.client("backoffice", "backoffice")?;
+    let mut backoffice = platform
+        .broker
+        .mosquitto_sub(&backoffice_cert)
+        .topic(wire::INVOICES_TOPIC)
+        .qos(1)
+        .spawn()?;
+    ensure!(
+        backoffice.expect_subscribed().await? == [1],
+        "backoffice may not follow {}",
+        wire::INVOICES_TOPIC
+    );
+    Ok(backoffice)
+}
+
+/// The next invoice the backoffice receives on [`wire::INVOICES_TOPIC`].
+pub async fn next_published_invoice(backoffice: &mut SubProcess) -> Result<wire::Invoice> {
+    let published = backoffice.expect_message(wire::INVOICES_TOPIC).await?;
+    wire::Invoice::from_json(published.as_bytes())
+        .with_context(|| format!("{published:?} is not an invoice"))
 }
 
 /// Kills the bridge process (SIGKILL) and starts it again on the same data directory and
@@ -296,26 +326,13 @@ pub async fn wait_for_invoice(platform: &Platform, tour_id: &str) -> Result<Invo
 pub type Verdict = (String, i64, String, Option<String>, Option<String>);
 
 pub async fn verdicts(db: &Db, taxi: Option<&str>) -> Result<Vec<Verdict>> {
-    let rows = db
-        .client()
-        .query(
-            "SELECT taxi_id, seq, tour_id, outcome, reason_code FROM tour_events \
-             WHERE $1::text IS NULL OR taxi_id = $1 ORDER BY taxi_id, seq",
-            &[&taxi],
-        )
-        .await
-        .context("reading tour event verdicts")?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-            ))
-        })
-        .collect()
+    db.rows(
+        "SELECT taxi_id, seq, tour_id, outcome, reason_code FROM tour_events \
+         WHERE $1::text IS NULL OR taxi_id = $1 ORDER BY taxi_id, seq",
+        &[&taxi],
+    )
+    .await
+    .context("reading tour event verdicts")
 }
 
 /// Waits until `expected` tour events of `taxi` are stored and every one is judged; returns
@@ -342,39 +359,56 @@ pub async fn wait_until_judged(
     .await
 }
 
+/// Waits until `expected` tour events of `taxi` are judged ([`wait_until_judged`]) and
+/// checks that every one was applied; returns the verdicts.
+pub async fn wait_until_all_applied(
+    platform: &Platform,
+    taxi: &str,
+    expected: usize,
+) -> Result<Vec<Verdict>> {
+    let judged = wait_until_judged(platform, taxi, expected).await?;
+    ensure!(
+        judged.iter().all(|v| v.3.as_deref() == Some("applied")),
+        "{judged:?}"
+    );
+    Ok(judged)
+}
+
 /// The tour dead letters of `taxi`: `(reason_code, reason, payload as text)` in order.
 pub async fn tour_dead_letters(db: &Db, taxi: &str) -> Result<Vec<(String, String, String)>> {
-    let rows = db
-        .client()
-        .query(
+    let rows: Vec<(String, String, Vec<u8>)> = db
+        .rows(
             "SELECT reason_code, reason, payload FROM dead_letters \
              WHERE taxi_id = $1 AND topic = $2 ORDER BY id",
             &[&taxi, &format!("taxi/{taxi}/tour")],
         )
         .await
         .context("reading dead letters")?;
-    rows.iter()
-        .map(|r| {
-            let payload: Vec<u8> = r.try_get(2)?;
-            Ok((
-                r.try_get(0)?,
-                r.try_get(1)?,
-                String::from_utf8_lossy(&payload).into_owned(),
-            ))
+    Ok(rows
+        .into_iter()
+        .map(|(code, reason, payload)| {
+            (code, reason, String::from_utf8_lossy(&payload).into_owned())
         })
-        .collect()
+        .collect())
+}
+
+/// Checks that `taxi` has no tour dead letters.
+pub async fn ensure_no_tour_dead_letters(db: &Db, taxi: &str) -> Result<()> {
+    let letters = tour_dead_letters(db, taxi).await?;
+    ensure!(
+        letters.is_empty(),
+        "tour dead letters of {taxi}: {letters:?}"
+    );
+    Ok(())
 }
 
 /// A tour's `(taxi_id, state)`.
 pub async fn tour_state(db: &Db, tour_id: &str) -> Result<Option<(String, String)>> {
-    let row = db
-        .client()
-        .query_opt(
-            "SELECT taxi_id, state FROM tours WHERE tour_id = $1",
-            &[&tour_id],
-        )
-        .await?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    db.row_opt(
+        "SELECT taxi_id, state FROM tours WHERE tour_id = $1",
+        &[&tour_id],
+    )
+    .await
 }
 
 /// Waits for the inbox message `order_id` on `taxi`'s connection (already received or

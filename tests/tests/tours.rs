@@ -8,9 +8,10 @@ use anyhow::{ensure, Context, Result};
 use tests::bridge_process::wait_for_metric;
 use tests::platform::{bounded, eventually, Platform, Progress, ARRIVAL};
 use tests::tours::{
-    invoice, known_route, north, recent_start_ms, restart_with, spawn_consuming,
-    start_tours_bridge, test_tariff, tour_dead_letters, tour_state, tours_config, verdicts,
-    wait_for_inbox, wait_for_invoice, wait_until_judged, TourTaxi, KNOWN_ROUTE_FARE_CENTS,
+    ensure_no_tour_dead_letters, follow_invoices, invoice, known_route, next_published_invoice,
+    north, platform_with_tours, recent_start_ms, restart_with, spawn_consuming, start_tours_bridge,
+    test_tariff, tour_dead_letters, tour_state, tours_config, verdicts, wait_for_inbox,
+    wait_for_invoice, wait_until_all_applied, wait_until_judged, TourTaxi, KNOWN_ROUTE_FARE_CENTS,
     SETTLE_MS,
 };
 use tests::WAIT;
@@ -22,20 +23,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() -> Result<()> {
     bounded(LIMIT, async {
-        let platform = Platform::start().await?;
-        let bridge = start_tours_bridge(&platform, "b1").await?;
-        let backoffice_cert = platform.pki.client("backoffice", "backoffice")?;
-        let mut backoffice = platform
-            .broker
-            .mosquitto_sub(&backoffice_cert)
-            .topic(wire::INVOICES_TOPIC)
-            .qos(1)
-            .spawn()?;
-        ensure!(
-            backoffice.expect_subscribed().await? == [1],
-            "backoffice may not follow {}",
-            wire::INVOICES_TOPIC
-        );
+        let (platform, bridge) = platform_with_tours().await?;
+        let mut backoffice = follow_invoices(&platform).await?;
 
         let mut taxi = TourTaxi::new(&platform, "taxi-7").await?;
         let inbox = taxi.taxi.topic("inbox");
@@ -88,9 +77,7 @@ async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() 
         );
 
         // The backoffice gets the invoice as JSON.
-        let published = backoffice.expect_message(wire::INVOICES_TOPIC).await?;
-        let published = wire::Invoice::from_json(published.as_bytes())
-            .with_context(|| format!("{published:?} is not an invoice"))?;
+        let published = next_published_invoice(&mut backoffice).await?;
         ensure!(
             published.tour_id == "t-7-1"
                 && published.taxi_id == "taxi-7"
@@ -119,19 +106,12 @@ async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() 
         taxi.taxi.publish("ack", ack.to_string().as_bytes()).await?;
         taxi.taxi.wait_acked().await?;
         let order = eventually("the invoice order received", ARRIVAL, || async {
-            let row = db
-                .client()
-                .query_one(
+            let order: (String, String, String, String) = db
+                .row(
                     "SELECT taxi_id, kind, sender, state FROM orders WHERE order_id = $1",
                     &[&"invoice-t-7-1"],
                 )
                 .await?;
-            let order: (String, String, String, String) = (
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-            );
             Ok(if order.3 == "received" {
                 Progress::Done(order)
             } else {
@@ -144,14 +124,9 @@ async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() 
                 == ("taxi-7", "invoice", "platform"),
             "{order:?}"
         );
-        let judged = wait_until_judged(&platform, "taxi-7", 2).await?;
-        ensure!(
-            judged
-                .iter()
-                .all(|v| v.3.as_deref() == Some("applied") && v.4.is_none()),
-            "{judged:?}"
-        );
-        ensure!(tour_dead_letters(&db, "taxi-7").await?.is_empty());
+        let judged = wait_until_all_applied(&platform, "taxi-7", 2).await?;
+        ensure!(judged.iter().all(|v| v.4.is_none()), "{judged:?}");
+        ensure_no_tour_dead_letters(&db, "taxi-7").await?;
         // Counted in /metrics.
         wait_for_metric(&bridge, "bridge_invoices_issued_total", 1.0, WAIT).await?;
         wait_for_metric(&bridge, "bridge_invoices_published_total", 1.0, WAIT).await?;
@@ -164,8 +139,7 @@ async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_lifecycle_violation_lands_in_dead_letters_with_its_reason() -> Result<()> {
     bounded(LIMIT, async {
-        let platform = Platform::start().await?;
-        let bridge = start_tours_bridge(&platform, "b1").await?;
+        let (platform, bridge) = platform_with_tours().await?;
         let start_ms = recent_start_ms(30);
         let at = |s: i64, km: f64| north(start_ms, s, km);
 
@@ -281,8 +255,7 @@ async fn each_lifecycle_violation_lands_in_dead_letters_with_its_reason() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_events_are_idempotent() -> Result<()> {
     bounded(LIMIT, async {
-        let platform = Platform::start().await?;
-        let _bridge = start_tours_bridge(&platform, "b1").await?;
+        let (platform, _bridge) = platform_with_tours().await?;
         let route = known_route(recent_start_ms(30));
         let (first, last) = (route[0], route[route.len() - 1]);
         let mut taxi = TourTaxi::new(&platform, "taxi-r").await?;
@@ -317,7 +290,7 @@ async fn repeated_events_are_idempotent() -> Result<()> {
             "{judged:?}"
         );
         let db = platform.db().await?;
-        ensure!(tour_dead_letters(&db, "taxi-r").await?.is_empty());
+        ensure_no_tour_dead_letters(&db, "taxi-r").await?;
         ensure!(
             db.count(
                 "SELECT count(*) FROM tour_events WHERE taxi_id = 'taxi-r'",
@@ -351,8 +324,7 @@ async fn repeated_events_are_idempotent() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_arriving_before_its_start_is_judged_in_device_time_order() -> Result<()> {
     bounded(LIMIT, async {
-        let platform = Platform::start().await?;
-        let _bridge = start_tours_bridge(&platform, "b1").await?;
+        let (platform, _bridge) = platform_with_tours().await?;
         let route = known_route(recent_start_ms(30));
         let (first, last) = (route[0], route[route.len() - 1]);
         let mut taxi = TourTaxi::new(&platform, "taxi-o").await?;
@@ -376,13 +348,9 @@ async fn an_end_arriving_before_its_start_is_judged_in_device_time_order() -> Re
             row.fare_cents == KNOWN_ROUTE_FARE_CENTS as i64 && !row.flagged,
             "{row:?}"
         );
-        let judged = wait_until_judged(&platform, "taxi-o", 2).await?;
-        ensure!(
-            judged.iter().all(|v| v.3.as_deref() == Some("applied")),
-            "{judged:?}"
-        );
+        wait_until_all_applied(&platform, "taxi-o", 2).await?;
         let db = platform.db().await?;
-        ensure!(tour_dead_letters(&db, "taxi-o").await?.is_empty());
+        ensure_no_tour_dead_letters(&db, "taxi-o").await?;
         Ok(())
     })
     .await
@@ -391,16 +359,8 @@ async fn an_end_arriving_before_its_start_is_judged_in_device_time_order() -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_meter_difference_is_flagged() -> Result<()> {
     bounded(LIMIT, async {
-        let platform = Platform::start().await?;
-        let _bridge = start_tours_bridge(&platform, "b1").await?;
-        let backoffice_cert = platform.pki.client("backoffice", "backoffice")?;
-        let mut backoffice = platform
-            .broker
-            .mosquitto_sub(&backoffice_cert)
-            .topic(wire::INVOICES_TOPIC)
-            .qos(1)
-            .spawn()?;
-        backoffice.expect_subscribed().await?;
+        let (platform, _bridge) = platform_with_tours().await?;
+        let mut backoffice = follow_invoices(&platform).await?;
 
         // 10.00 more than the fare: flagged. 0.50 less: within the tolerance.
         let mut over = TourTaxi::new(&platform, "taxi-over").await?;
@@ -437,8 +397,7 @@ async fn a_large_meter_difference_is_flagged() -> Result<()> {
         // The backoffice sees the flag.
         let mut seen = Vec::new();
         while seen.len() < 2 {
-            let payload = backoffice.expect_message(wire::INVOICES_TOPIC).await?;
-            let invoice = wire::Invoice::from_json(payload.as_bytes())?;
+            let invoice = next_published_invoice(&mut backoffice).await?;
             if !seen
                 .iter()
                 .any(|i: &wire::Invoice| i.tour_id == invoice.tour_id)
@@ -477,19 +436,11 @@ async fn an_invoice_not_yet_published_is_published_after_a_restart() -> Result<(
         let row = wait_for_invoice(&platform, "t-p").await?;
         ensure!(!row.published, "{row:?}");
 
-        let backoffice_cert = platform.pki.client("backoffice", "backoffice")?;
-        let mut backoffice = platform
-            .broker
-            .mosquitto_sub(&backoffice_cert)
-            .topic(wire::INVOICES_TOPIC)
-            .qos(1)
-            .spawn()?;
-        backoffice.expect_subscribed().await?;
+        let mut backoffice = follow_invoices(&platform).await?;
         // Killed and started again, publishing: the pending invoice goes out.
         config.tours.publish_invoices = true;
         restart_with(&mut bridge, config).await?;
-        let published = backoffice.expect_message(wire::INVOICES_TOPIC).await?;
-        let published = wire::Invoice::from_json(published.as_bytes())?;
+        let published = next_published_invoice(&mut backoffice).await?;
         ensure!(
             published.tour_id == "t-p" && published.fare_cents == KNOWN_ROUTE_FARE_CENTS,
             "{published:?}"
@@ -545,11 +496,7 @@ async fn two_bridges_judge_each_tour_once() -> Result<()> {
         }
         let db = platform.db().await?;
         for n in 1..=TAXIS {
-            let judged = wait_until_judged(&platform, &format!("taxi-{n}"), 4).await?;
-            ensure!(
-                judged.iter().all(|v| v.3.as_deref() == Some("applied")),
-                "{judged:?}"
-            );
+            wait_until_all_applied(&platform, &format!("taxi-{n}"), 4).await?;
         }
         ensure!(db.count("SELECT count(*) FROM invoices", &[]).await? == 2 * TAXIS as i64);
         ensure!(
@@ -573,8 +520,7 @@ async fn two_bridges_judge_each_tour_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_taxis_honest_meter_agrees_with_its_invoices() -> Result<()> {
     bounded(LIMIT, async {
-        let platform = Platform::start().await?;
-        let _bridge = start_tours_bridge(&platform, "b1").await?;
+        let (platform, _bridge) = platform_with_tours().await?;
         // Five fixes a second, a passenger every half second after a tour, tours of 3 s,
         // an honest meter priced with the platform's tariff.
         let ms = Duration::from_millis;
@@ -608,18 +554,13 @@ async fn a_simulated_taxis_honest_meter_agrees_with_its_invoices() -> Result<()>
 
         let db = platform.db().await?;
         let invoices = eventually("two invoices of the simulated taxi", ARRIVAL, || async {
-            let rows = db
-                .client()
-                .query(
+            let rows: Vec<(String, i64, Option<i64>, bool)> = db
+                .rows(
                     "SELECT tour_id, fare_cents, meter_cents, flagged FROM invoices \
                      WHERE taxi_id = $1 ORDER BY ended_at",
                     &[&id],
                 )
                 .await?;
-            let rows: Vec<(String, i64, Option<i64>, bool)> = rows
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-                .collect::<Result<_>>()?;
             Ok(if rows.len() >= 2 {
                 Progress::Done(rows)
             } else {
@@ -635,7 +576,7 @@ async fn a_simulated_taxis_honest_meter_agrees_with_its_invoices() -> Result<()>
                 "{tour_id}: fare {fare}, meter {meter}: {invoices:?}"
             );
         }
-        ensure!(tour_dead_letters(&db, id).await?.is_empty());
+        ensure_no_tour_dead_letters(&db, id).await?;
         Ok(())
     })
     .await

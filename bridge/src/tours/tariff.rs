@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 /// Mean earth radius used for distances, metres.
 pub const EARTH_RADIUS_M: f64 = 6_371_000.0;
 
+/// Metres per degree of latitude (or of longitude on the equator) on that sphere.
+pub const M_PER_DEG: f64 = EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
+
 /// Prices of a tour. Money in cents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,8 +271,6 @@ mod tests {
 
     /// 2026-11-20T12:00:00Z, a Friday noon.
     const NOON_UTC: i64 = 1_763_640_000_000;
-    /// Metres per degree of latitude on the model sphere.
-    const M_PER_DEG: f64 = EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
 
     fn tariff() -> Tariff {
         Tariff {
