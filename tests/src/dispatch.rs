@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::broker::TestBroker;
+use crate::mosquitto::SubProcess;
 use crate::mqtt::{Message, MqttClient};
 use crate::pki::{ClientCert, TestPki};
 use crate::platform::{eventually, Platform, Progress, ARRIVAL};
@@ -281,6 +282,91 @@ pub async fn wait_for_ack_stored(platform: &Platform, taxi_id: &str, seq: i64) -
         }
     })
     .await
+}
+
+/// The taxi answers `order_id` with `state` ([`answer`]); waits until the order is in that
+/// state and returns it.
+pub async fn answer_and_wait(
+    api: &DispatchApi,
+    taxi: &mut MqttClient,
+    taxi_id: &str,
+    seq: u64,
+    order_id: &str,
+    state: &str,
+    reason: Option<&str>,
+) -> Result<Value> {
+    answer(taxi, taxi_id, seq, order_id, state, reason).await?;
+    api.wait_for_state(order_id, state).await
+}
+
+/// The taxi answers `order_id` with `state` ([`answer`]); waits until the ack is stored,
+/// whatever it did to the order.
+pub async fn answer_and_wait_stored(
+    platform: &Platform,
+    taxi: &mut MqttClient,
+    taxi_id: &str,
+    seq: u64,
+    order_id: &str,
+    state: &str,
+) -> Result<()> {
+    answer(taxi, taxi_id, seq, order_id, state, None).await?;
+    wait_for_ack_stored(platform, taxi_id, seq as i64).await
+}
+
+/// Sends the marker order `marker` to `taxi_id` and checks that it is the next inbox message
+/// of `taxi`: nothing else was on its way (`what` says what that would have been).
+pub async fn expect_marker_next(
+    api: &DispatchApi,
+    taxi: &mut MqttClient,
+    taxi_id: &str,
+    marker: &str,
+    what: &str,
+) -> Result<()> {
+    api.send_to(taxi_id, marker, "marker").await?;
+    let next = next_inbox(taxi, taxi_id).await?;
+    ensure!(next.order_id == marker, "{what}: {next:?}");
+    Ok(())
+}
+
+/// Sends the marker order `marker` to `taxi_id` and reads `taxi`'s inbox up to it: before it,
+/// only copies of `copy` (resends) may come.
+pub async fn expect_only_copies_before_marker(
+    api: &DispatchApi,
+    taxi: &mut MqttClient,
+    taxi_id: &str,
+    marker: &str,
+    copy: &str,
+) -> Result<()> {
+    api.send_to(taxi_id, marker, "marker").await?;
+    loop {
+        let next = next_inbox(taxi, taxi_id).await?;
+        if next.order_id == marker {
+            return Ok(());
+        }
+        ensure!(next.order_id == copy, "{taxi_id} received {next:?}");
+    }
+}
+
+/// A taxi listening on its inbox with `mosquitto_sub` (QoS 1); not yet known to be
+/// subscribed.
+pub fn mosquitto_inbox_taxi(platform: &Platform, cert: &ClientCert) -> Result<SubProcess> {
+    platform
+        .broker
+        .mosquitto_sub(cert)
+        .topic(&format!("taxi/{}/inbox", cert.id))
+        .qos(1)
+        .spawn()
+}
+
+/// Waits for the next inbox message of a `mosquitto_sub` taxi; returns it.
+pub async fn next_mosquitto_inbox(
+    taxi: &mut SubProcess,
+    taxi_id: &str,
+) -> Result<wire::InboxMessage> {
+    let payload = taxi
+        .expect_message(&format!("taxi/{taxi_id}/inbox"))
+        .await?;
+    wire::decode(payload.as_bytes()).with_context(|| format!("{payload:?} is not an inbox message"))
 }
 
 /// A broker in a runtime of its own, on fixed ports, so that it can be stopped like a crash

@@ -11,9 +11,10 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tests::bridge_process::BridgeProcess;
 use tests::dispatch::{
-    answer, dispatch_config, inbox_message, inbox_taxi, next_inbox, taxictl,
-    wait_dispatch_subscribed, wait_for_ack_stored, DispatchApi, RestartableBroker, TOKEN,
-    TOKEN_NAME,
+    answer, answer_and_wait, answer_and_wait_stored, dispatch_config, expect_marker_next,
+    expect_only_copies_before_marker, inbox_message, inbox_taxi, mosquitto_inbox_taxi, next_inbox,
+    next_mosquitto_inbox, taxictl, wait_dispatch_subscribed, wait_for_ack_stored, DispatchApi,
+    RestartableBroker, TOKEN, TOKEN_NAME,
 };
 use tests::platform::{bounded, eventually, Platform, Progress};
 use tests::{unix_ms, TestPki};
@@ -24,8 +25,16 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// A platform with an in-process bridge whose dispatch API is on; resends every 30 s (so
 /// that what a test sees comes from the API call or the taxi's reconnection).
 async fn platform_with_dispatch() -> Result<(Platform, bridge::RunningBridge, DispatchApi)> {
+    platform_with_dispatch_resending(30_000).await
+}
+
+/// A platform with an in-process bridge whose dispatch API is on, resending unconfirmed
+/// orders every `resend_ms`; dispatch subscribed.
+async fn platform_with_dispatch_resending(
+    resend_ms: u64,
+) -> Result<(Platform, bridge::RunningBridge, DispatchApi)> {
     let platform = Platform::start().await?;
-    let config = dispatch_config(&platform, "d1", 30_000)?;
+    let config = dispatch_config(&platform, "d1", resend_ms)?;
     let running = platform.start_bridge(&config).await?;
     let api = DispatchApi {
         addr: running
@@ -47,12 +56,7 @@ async fn an_order_sent_through_the_api_reaches_exactly_that_taxi() -> Result<()>
         );
         let mut taxi_a = inbox_taxi(&platform, &a, true).await?;
         let mut taxi_c = inbox_taxi(&platform, &c, false).await?;
-        let mut taxi_b = platform
-            .broker
-            .mosquitto_sub(&b)
-            .topic("taxi/taxi-b/inbox")
-            .qos(1)
-            .spawn()?;
+        let mut taxi_b = mosquitto_inbox_taxi(&platform, &b)?;
         taxi_b.expect_subscribed().await?;
 
         let sent = api
@@ -83,29 +87,17 @@ async fn an_order_sent_through_the_api_reaches_exactly_that_taxi() -> Result<()>
             .as_str()
             .context("no order id")?
             .to_owned();
-        let payload = taxi_b.expect_message("taxi/taxi-b/inbox").await?;
-        let message: wire::InboxMessage = wire::decode(payload.as_bytes())?;
+        let message = next_mosquitto_inbox(&mut taxi_b, "taxi-b").await?;
         ensure!(
             message.order_id == id_b && message.text == "Please call dispatch",
             "{message:?}"
         );
 
         // Markers: taxi-c's first message is its own, nothing of taxi-a's or taxi-b's.
-        api.send_to("taxi-c", "o-c-marker", "marker").await?;
-        let first_c = next_inbox(&mut taxi_c, "taxi-c").await?;
-        ensure!(
-            first_c.order_id == "o-c-marker",
-            "taxi-c received {first_c:?}"
-        );
-        api.send_to("taxi-a", "o-a-marker", "marker").await?;
+        expect_marker_next(&api, &mut taxi_c, "taxi-c", "o-c-marker", "taxi-c received").await?;
         // Copies of its own order may come again (a resend); nothing else.
-        loop {
-            let next = next_inbox(&mut taxi_a, "taxi-a").await?;
-            if next.order_id == "o-a-marker" {
-                break;
-            }
-            ensure!(next.order_id == "o-a-1", "taxi-a received {next:?}");
-        }
+        expect_only_copies_before_marker(&api, &mut taxi_a, "taxi-a", "o-a-marker", "o-a-1")
+            .await?;
         api.send_to("taxi-b", "o-b-marker", "marker").await?;
         taxi_b
             .expect_line("the marker on taxi-b", tests::WAIT, |line| {
@@ -157,18 +149,24 @@ async fn the_taxis_acks_move_its_order_forward_and_no_other_taxis_ack_does() -> 
         api.wait_for_state("o-1", "sent").await?;
 
         // taxi-b answers taxi-a's order: stored as taxi-b's ack, the order does not move.
-        answer(&mut taxi_b.client, "taxi-b", 1, "o-1", "accepted", None).await?;
-        wait_for_ack_stored(&platform, "taxi-b", 1).await?;
+        answer_and_wait_stored(
+            &platform,
+            &mut taxi_b.client,
+            "taxi-b",
+            1,
+            "o-1",
+            "accepted",
+        )
+        .await?;
         let order = api.order("o-1").await?;
         ensure!(
             order["state"] == "sent",
             "another taxi's ack moved the order: {order}"
         );
 
-        answer(&mut taxi_a, "taxi-a", 1, "o-1", "received", None).await?;
-        api.wait_for_state("o-1", "received").await?;
-        answer(&mut taxi_a, "taxi-a", 2, "o-1", "accepted", None).await?;
-        let accepted = api.wait_for_state("o-1", "accepted").await?;
+        answer_and_wait(&api, &mut taxi_a, "taxi-a", 1, "o-1", "received", None).await?;
+        let accepted =
+            answer_and_wait(&api, &mut taxi_a, "taxi-a", 2, "o-1", "accepted", None).await?;
         // States never move back, and a final answer is final.
         answer(&mut taxi_a, "taxi-a", 3, "o-1", "received", None).await?;
         answer(
@@ -200,8 +198,16 @@ async fn the_taxis_acks_move_its_order_forward_and_no_other_taxis_ack_does() -> 
         // A rejection with its reason; `accepted` may skip `received`.
         api.send_to("taxi-a", "o-2", "Second pick-up").await?;
         next_inbox(&mut taxi_a, "taxi-a").await?;
-        answer(&mut taxi_a, "taxi-a", 5, "o-2", "rejected", Some("busy")).await?;
-        let rejected = api.wait_for_state("o-2", "rejected").await?;
+        let rejected = answer_and_wait(
+            &api,
+            &mut taxi_a,
+            "taxi-a",
+            5,
+            "o-2",
+            "rejected",
+            Some("busy"),
+        )
+        .await?;
         ensure!(rejected["reason"] == "busy", "{rejected}");
 
         // The list shows both, newest first.
@@ -242,28 +248,23 @@ async fn an_order_for_an_offline_taxi_is_delivered_when_it_comes_online() -> Res
         let mut taxi_a = inbox_taxi(&platform, &a, false).await?;
         let received = next_inbox(&mut taxi_a, "taxi-a").await?;
         ensure!(received.order_id == "o-a", "{received:?}");
-        answer(&mut taxi_a, "taxi-a", 1, "o-a", "received", None).await?;
-        api.wait_for_state("o-a", "received").await?;
+        answer_and_wait(&api, &mut taxi_a, "taxi-a", 1, "o-a", "received", None).await?;
 
-        let mut taxi_b = platform
-            .broker
-            .mosquitto_sub(&b)
-            .topic("taxi/taxi-b/inbox")
-            .qos(1)
-            .spawn()?;
-        let payload = taxi_b.expect_message("taxi/taxi-b/inbox").await?;
-        let message: wire::InboxMessage = wire::decode(payload.as_bytes())?;
+        let mut taxi_b = mosquitto_inbox_taxi(&platform, &b)?;
+        let message = next_mosquitto_inbox(&mut taxi_b, "taxi-b").await?;
         ensure!(message.order_id == "o-b", "{message:?}");
 
         // Confirmed orders are not sent again when the taxi comes back.
         taxi_a.disconnect().await?;
         let mut taxi_a = inbox_taxi(&platform, &a, false).await?;
-        api.send_to("taxi-a", "o-a-marker", "marker").await?;
-        let next = next_inbox(&mut taxi_a, "taxi-a").await?;
-        ensure!(
-            next.order_id == "o-a-marker",
-            "a received order came again: {next:?}"
-        );
+        expect_marker_next(
+            &api,
+            &mut taxi_a,
+            "taxi-a",
+            "o-a-marker",
+            "a received order came again",
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -309,19 +310,11 @@ async fn an_order_survives_a_broker_restart_and_a_bridge_restart() -> Result<()>
         ensure!(again.order_id == "o-1", "{again:?}");
 
         // Once the taxi has it, it stops.
-        answer(&mut taxi, "taxi-a", 1, "o-1", "received", None).await?;
-        api.wait_for_state("o-1", "received").await?;
+        answer_and_wait(&api, &mut taxi, "taxi-a", 1, "o-1", "received", None).await?;
         taxi.kill().await;
         let mut taxi = inbox_taxi(&platform, &a, true).await?;
-        api.send_to("taxi-a", "o-marker", "marker").await?;
-        loop {
-            let next = next_inbox(&mut taxi, "taxi-a").await?;
-            if next.order_id == "o-marker" {
-                break;
-            }
-            // Copies already on their way before the ack was applied may still arrive.
-            ensure!(next.order_id == "o-1", "{next:?}");
-        }
+        // Copies already on their way before the ack was applied may still arrive.
+        expect_only_copies_before_marker(&api, &mut taxi, "taxi-a", "o-marker", "o-1").await?;
         let order = api.order("o-1").await?;
         ensure!(order["state"] == "received", "{order}");
         Ok(())
@@ -362,15 +355,15 @@ async fn an_expired_order_is_never_delivered() -> Result<()> {
 
         let mut taxi_a = inbox_taxi(&platform, &a, true).await?;
         let mut taxi_b = inbox_taxi(&platform, &b, false).await?;
-        api.send_to("taxi-a", "o-a-marker", "marker").await?;
-        api.send_to("taxi-b", "o-b-marker", "marker").await?;
-        let first_a = next_inbox(&mut taxi_a, "taxi-a").await?;
-        ensure!(first_a.order_id == "o-a-marker", "expired order delivered: {first_a:?}");
-        let first_b = next_inbox(&mut taxi_b, "taxi-b").await?;
-        ensure!(first_b.order_id == "o-b-marker", "expired order delivered: {first_b:?}");
+        for (taxi, id, marker) in [
+            (&mut taxi_a, "taxi-a", "o-a-marker"),
+            (&mut taxi_b, "taxi-b", "o-b-marker"),
+        ] {
+            expect_marker_next(&api, taxi, id, marker, "expired order delivered").await?;
+        }
         // An expired order stays expired whatever its taxi says.
-        answer(&mut taxi_a, "taxi-a", 1, "o-late-a", "accepted", None).await?;
-        wait_for_ack_stored(&platform, "taxi-a", 1).await?;
+        answer_and_wait_stored(&platform, &mut taxi_a, "taxi-a", 1, "o-late-a", "accepted")
+            .await?;
         ensure!(api.order("o-late-a").await?["state"] == "expired");
         ensure!(api.order("o-late-c").await?["attempts"] == 0, "an expired order was published");
         Ok(())
@@ -407,8 +400,7 @@ async fn orders_from_the_backoffice_over_mqtt_and_from_the_platform_are_recorded
         ensure!(recorded["text"] == "From the backoffice app", "{recorded}");
         ensure!(recorded["created_ms"] == created_ms, "{recorded}");
         ensure!(recorded["expires_ms"] == created_ms + 600_000, "{recorded}");
-        answer(&mut taxi_a, "taxi-a", 1, "bo-1", "accepted", None).await?;
-        api.wait_for_state("bo-1", "accepted").await?;
+        answer_and_wait(&api, &mut taxi_a, "taxi-a", 1, "bo-1", "accepted", None).await?;
 
         // Queued by another part of the platform (e.g. an invoice): delivered by the sweep.
         platform
@@ -622,8 +614,7 @@ async fn taxictl_sends_shows_and_lists_orders() -> Result<()> {
             received.order_id == "cli-1" && received.text == "Hauptbahnhof, platform 3",
             "{received:?}"
         );
-        answer(&mut taxi_a, "taxi-a", 1, "cli-1", "accepted", None).await?;
-        api.wait_for_state("cli-1", "accepted").await?;
+        answer_and_wait(&api, &mut taxi_a, "taxi-a", 1, "cli-1", "accepted", None).await?;
 
         let (ok, out, err) = taxictl(&api, TOKEN, &["order", "show", "cli-1"]).await?;
         ensure!(ok, "{err}");
@@ -678,15 +669,7 @@ async fn taxictl_sends_shows_and_lists_orders() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_order_is_sent_again_until_its_taxi_confirms_it() -> Result<()> {
     bounded(LIMIT, async {
-        let platform = Platform::start().await?;
-        let config = dispatch_config(&platform, "d1", 300)?;
-        let running = platform.start_bridge(&config).await?;
-        let api = DispatchApi {
-            addr: running
-                .dispatch_api
-                .context("the dispatch API is not running")?,
-        };
-        wait_dispatch_subscribed(running.http_addr, 1.0).await?;
+        let (platform, _bridge, api) = platform_with_dispatch_resending(300).await?;
         let a = platform.pki.client("taxi-a", "taxi")?;
         let mut taxi_a = inbox_taxi(&platform, &a, true).await?;
 
@@ -694,8 +677,8 @@ async fn an_unconfirmed_order_is_sent_again_until_its_taxi_confirms_it() -> Resu
         let first = next_inbox(&mut taxi_a, "taxi-a").await?;
         let again = next_inbox(&mut taxi_a, "taxi-a").await?;
         ensure!(first == again, "{first:?} then {again:?}");
-        answer(&mut taxi_a, "taxi-a", 1, "o-1", "received", None).await?;
-        let confirmed = api.wait_for_state("o-1", "received").await?;
+        let confirmed =
+            answer_and_wait(&api, &mut taxi_a, "taxi-a", 1, "o-1", "received", None).await?;
 
         // Another order's resends show time passing: meanwhile o-1 is not published again.
         api.send_to("taxi-a", "o-2", "Clock").await?;
