@@ -22,6 +22,20 @@ impl Graveyard {
         self.connections.remove(id)
     }
 
+    /// Whether a saved persistent session reads through the shared group `group`: it rejoins
+    /// the group when it resumes, so the group (and its cursor) must outlive its live members.
+    pub fn has_group_member(&self, group: &str) -> bool {
+        self.connections.values().any(|saved| {
+            saved.session_state.as_ref().is_some_and(|state| {
+                state
+                    .tracker
+                    .data_requests
+                    .iter()
+                    .any(|request| request.group.as_deref() == Some(group))
+            })
+        })
+    }
+
     /// Save connection tracker
     pub fn save_state(
         &mut self,

@@ -195,15 +195,19 @@ impl Outgoing {
         Some(())
     }
 
-    // Here we are assuming that the first unique filter_idx we find while iterating will have the
-    // least corresponding cursor because of the way we insert into the inflight_buffer
+    /// The oldest unacknowledged cursor of each filter. Not necessarily the first in the
+    /// inflight buffer: a shared group rewound by a leaving member hands older messages to the
+    /// members that are still there, after the newer ones they already have in flight.
     pub fn retransmission_map(&self) -> HashMap<FilterIdx, Cursor> {
-        let mut o = HashMap::new();
+        let mut o: HashMap<FilterIdx, Cursor> = HashMap::new();
         for (_, filter_idx, cursor) in self.inflight_buffer.iter() {
             // if cursor in None, it means it was a retained publish
-            if !o.contains_key(filter_idx) && cursor.is_some() {
-                o.insert(*filter_idx, cursor.unwrap());
-            }
+            let Some(cursor) = cursor else {
+                continue;
+            };
+            o.entry(*filter_idx)
+                .and_modify(|oldest| *oldest = (*oldest).min(*cursor))
+                .or_insert(*cursor);
         }
 
         o
@@ -240,6 +244,23 @@ mod test {
 
         outgoing.inflight_buffer.extend(buf);
         assert_eq!(outgoing.retransmission_map(), result);
+    }
+
+    #[test]
+    fn retransmission_map_takes_the_oldest_cursor_not_the_first() {
+        // Messages 100.. in flight, then 50.. handed out again after a shared group rewound.
+        let (mut outgoing, _) = Outgoing::new("rewound-member".to_string());
+        outgoing.inflight_buffer.extend(vec![
+            (1, 0, Some((0, 100))),
+            (2, 0, Some((0, 101))),
+            (3, 0, Some((0, 50))),
+            (4, 0, Some((0, 51))),
+            (5, 1, Some((1, 3))),
+            (6, 1, Some((0, 9))),
+        ]);
+        let map = outgoing.retransmission_map();
+        assert_eq!(map.get(&0), Some(&(0, 50)));
+        assert_eq!(map.get(&1), Some(&(0, 9)));
     }
 
     // use super::{Outgoing, MAX_INFLIGHT};

@@ -484,13 +484,19 @@ impl Router {
         // Remove connections from all groups and
         // discard empty group ( group with no client )
         // note: can we do this in better way?
-        // A group is kept while it is empty if the member leaving has a persistent session:
-        // its cursor is where the group resumes when members come back, so nothing published
-        // meanwhile (or in flight to the member) is skipped.
+        // A group is kept while it is empty if the member leaving has a persistent session, or
+        // if another member's persistent session is saved: its cursor is where the group
+        // resumes when members come back, so nothing published meanwhile (or in flight to
+        // them) is skipped. Only the groups the leaving client is a member of are touched: a
+        // clean client that was never in a group must not drop it while its members are away.
         let persistent = !connection.clean;
-        self.shared_subscriptions.retain(|_, group| {
+        let graveyard = &self.graveyard;
+        self.shared_subscriptions.retain(|name, group| {
+            if !group.contains(&client_id) {
+                return true;
+            }
             group.remove_client(&client_id);
-            !group.is_empty() || persistent
+            !group.is_empty() || persistent || graveyard.has_group_member(name)
         });
 
         // Remove this connection from subscriptions
@@ -520,6 +526,7 @@ impl Router {
                 .into_iter()
                 .for_each(|r| tracker.register_data_request(r));
 
+            let mut rewound = Vec::new();
             for request in tracker.data_requests.iter_mut() {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
                     request.cursor = *cursor;
@@ -530,9 +537,26 @@ impl Router {
                         // oldest cursor must win (the messages in between come again; the
                         // consumers' idempotency absorbs them).
                         if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
-                            group.cursor = group.cursor.min(*cursor);
+                            if *cursor < group.cursor {
+                                group.cursor = *cursor;
+                                rewound.push(request.filter_idx);
+                            }
                         }
                     }
+                }
+            }
+
+            // The members still there may be parked as caught up: wake them to read the
+            // rewound messages now rather than with the next publish.
+            for filter_idx in rewound {
+                let parked = self
+                    .datalog
+                    .native
+                    .get_mut(filter_idx)
+                    .and_then(|data| data.waiters.take());
+                for (id, request) in parked.into_iter().flatten() {
+                    self.scheduler.track(id, request);
+                    self.scheduler.reschedule(id, ScheduleReason::FreshData);
                 }
             }
 
@@ -755,13 +779,20 @@ impl Router {
                                 continue;
                             }
 
-                            // Remove connections from all groups
-                            // discard empty group ( group with no client )
-                            // note: can we do this in better way?
-                            self.shared_subscriptions.retain(|_, group| {
-                                group.remove_client(&client_id);
-                                !group.is_empty()
-                            });
+                            // Leave the group of this filter only (upstream left every
+                            // group and dropped every empty one, even groups whose members
+                            // are away with persistent sessions); drop it if it is empty
+                            // and no saved session will come back to it.
+                            if let Some((grp, filter_path)) = extract_group(filter) {
+                                let name = format!("{grp}/{filter_path}");
+                                if let Some(group) = self.shared_subscriptions.get_mut(&name) {
+                                    group.remove_client(&client_id);
+                                    if group.is_empty() && !self.graveyard.has_group_member(&name)
+                                    {
+                                        self.shared_subscriptions.remove(&name);
+                                    }
+                                }
+                            }
 
                             if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
                                 broker_aliases.remove_alias(filter);
@@ -2417,3 +2448,158 @@ fn extract_group(filter: &str) -> Option<(String, String)> {
 // //         dbg!(trackers);
 // //     }
 // // }
+
+#[cfg(test)]
+mod shared_group_tests {
+    use super::*;
+    use crate::protocol::{Filter as SubscribeFilter, RetainForwardRule, Subscribe};
+    use crate::router::connection::Connection;
+    use parking_lot::Mutex;
+    use std::sync::Arc;
+
+    struct Client {
+        id: ConnectionId,
+        incoming: Arc<Mutex<VecDeque<Packet>>>,
+        outgoing: Arc<Mutex<VecDeque<Notification>>>,
+        _wakeups: Receiver<()>,
+    }
+
+    fn router() -> Router {
+        Router::new(
+            0,
+            RouterConfig {
+                max_connections: 10,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1024 * 1024,
+                max_segment_count: 10,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn connect(router: &mut Router, client_id: &str, clean: bool) -> Client {
+        let connection = Connection::new(None, client_id.to_owned(), clean, false);
+        let incoming = Incoming::new(client_id.to_owned());
+        let (outgoing, wakeups) = Outgoing::new(client_id.to_owned());
+        let (incoming_buffer, outgoing_buffer) = (incoming.buffer(), outgoing.buffer());
+        router.events(
+            0,
+            Event::Connect {
+                connection,
+                incoming,
+                outgoing,
+            },
+        );
+        Client {
+            id: router.connection_map[client_id],
+            incoming: incoming_buffer,
+            outgoing: outgoing_buffer,
+            _wakeups: wakeups,
+        }
+    }
+
+    fn send(router: &mut Router, client: &Client, packet: Packet) {
+        client.incoming.lock().push_back(packet);
+        router.events(client.id, Event::DeviceData);
+        settle(router);
+    }
+
+    /// Lets the router forward whatever it can (a `None` may only be a stale entry of a
+    /// connection that is gone).
+    fn settle(router: &mut Router) {
+        for _ in 0..1000 {
+            router.consume();
+        }
+    }
+
+    fn subscribe(router: &mut Router, client: &Client, path: &str) {
+        let filter = SubscribeFilter {
+            path: path.to_owned(),
+            qos: QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::Never,
+        };
+        let subscribe = Subscribe {
+            pkid: 1,
+            filters: vec![filter],
+        };
+        send(router, client, Packet::Subscribe(subscribe, None));
+    }
+
+    fn publish(router: &mut Router, client: &Client, pkid: u16, payload: &str) {
+        let mut publish = Publish::new(b"t".to_vec(), payload.as_bytes().to_vec(), false);
+        publish.qos = QoS::AtLeastOnce;
+        publish.pkid = pkid;
+        send(router, client, Packet::Publish(publish, None));
+    }
+
+    /// Payloads forwarded to a client so far (and taken from its buffer).
+    fn forwarded(client: &Client) -> Vec<String> {
+        client
+            .outgoing
+            .lock()
+            .drain(..)
+            .filter_map(|notification| match notification {
+                Notification::Forward(forward) => {
+                    Some(String::from_utf8_lossy(&forward.publish.payload).into_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_client_leaving_keeps_an_empty_group_of_persistent_members() {
+        let mut router = router();
+        let a = connect(&mut router, "a", false);
+        let b = connect(&mut router, "b", false);
+        subscribe(&mut router, &a, "$share/g/t");
+        subscribe(&mut router, &b, "$share/g/t");
+        let publisher = connect(&mut router, "publisher", true);
+        publish(&mut router, &publisher, 1, "m0");
+        publish(&mut router, &publisher, 2, "m1");
+        let (got_a, got_b) = (forwarded(&a), forwarded(&b));
+        assert_eq!(got_a.len() + got_b.len(), 2, "{got_a:?} {got_b:?}");
+        assert_eq!(got_a.len(), 1, "round robin: {got_a:?} {got_b:?}");
+        // The member that got m1 comes back first; m0 went to the other one.
+        let (first, later) = if got_a == ["m1"] { ("a", "b") } else { ("b", "a") };
+
+        // Both members crash with their messages unacknowledged, then a client that was never
+        // in the group leaves.
+        router.events(a.id, Event::Disconnect);
+        router.events(b.id, Event::Disconnect);
+        router.events(publisher.id, Event::Disconnect);
+
+        // The group resumes at the oldest unacknowledged message of all its members, not at
+        // the cursor of whichever member comes back first.
+        let first = connect(&mut router, first, false);
+        settle(&mut router);
+        let mut again = forwarded(&first);
+        let later = connect(&mut router, later, false);
+        settle(&mut router);
+        again.extend(forwarded(&later));
+        again.sort();
+        assert_eq!(again, ["m0", "m1"]);
+    }
+
+    #[test]
+    fn a_rewind_wakes_the_members_still_there() {
+        let mut router = router();
+        let a = connect(&mut router, "a", false);
+        let b = connect(&mut router, "b", false);
+        subscribe(&mut router, &a, "$share/g/t");
+        subscribe(&mut router, &b, "$share/g/t");
+        let publisher = connect(&mut router, "publisher", true);
+        publish(&mut router, &publisher, 1, "m0");
+        let (got_a, got_b) = (forwarded(&a), forwarded(&b));
+        let (gone, stays) = if got_a == ["m0"] { (a, b) } else { (b, a) };
+        assert_eq!(forwarded(&gone), Vec::<String>::new(), "{got_a:?} {got_b:?}");
+
+        // The member that had m0 crashes; nothing else is published: the one still there
+        // gets m0 at once.
+        router.events(gone.id, Event::Disconnect);
+        settle(&mut router);
+        assert_eq!(forwarded(&stays), ["m0"]);
+    }
+}

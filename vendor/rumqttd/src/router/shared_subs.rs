@@ -28,6 +28,10 @@ impl SharedGroup {
         self.clients.get(self.current_client_index)
     }
 
+    pub fn contains(&self, client: &str) -> bool {
+        self.clients.iter().any(|c| c == client)
+    }
+
     pub fn add_client(&mut self, client: String) {
         // A member that subscribes again, or resumes its session, is still one member.
         if !self.clients.contains(&client) {
