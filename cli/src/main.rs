@@ -6,14 +6,18 @@
 //! taxictl order show o-1732200000000-1a2b3c4d
 //! taxictl order list --taxi taxi-1
 //! taxictl token hash "$TAXICTL_TOKEN"            # the sha256 for [[dispatch.api.tokens]]
+//! # behind a TLS-terminating proxy:
+//! taxictl --url https://dispatch.example --ca proxy-ca.pem order list --taxi taxi-1
 //! ```
 
-mod http;
+mod api;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
@@ -25,7 +29,8 @@ use time::OffsetDateTime;
     about = "Send orders to taxis and follow them, through the dispatch API"
 )]
 struct Cli {
-    /// The dispatch API.
+    /// The dispatch API: http://host:port, or https://host[:port][/prefix] through a
+    /// TLS-terminating proxy.
     #[arg(
         long,
         env = "TAXICTL_URL",
@@ -36,6 +41,10 @@ struct Cli {
     /// Bearer token of the API.
     #[arg(long, env = "TAXICTL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// PEM file of the CA certificate(s) to trust for an https:// URL (the proxy's);
+    /// without it, the system's CA certificates.
+    #[arg(long, env = "TAXICTL_CA", value_name = "PEM", global = true)]
+    ca: Option<PathBuf>,
     /// Print the API's JSON answer as it is.
     #[arg(long, global = true)]
     json: bool,
@@ -93,8 +102,9 @@ enum TokenCommand {
     Hash { token: String },
 }
 
-fn main() -> ExitCode {
-    match run(Cli::parse()) {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("taxictl: {e:#}");
@@ -103,7 +113,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<()> {
     let command = match cli.command {
         Command::Token(TokenCommand::Hash { token }) => {
             println!("{}", hex::encode(Sha256::digest(token.as_bytes())));
@@ -111,7 +121,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Order(command) => command,
     };
-    let endpoint = http::Endpoint::parse(&cli.url)?;
+    let api = api::Api::new(&cli.url, cli.ca.as_deref())?;
     let token = cli
         .token
         .as_deref()
@@ -131,20 +141,22 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(seconds) = expires_in {
                 body["expires_in_s"] = json!(seconds);
             }
-            ("POST", "/v1/orders".to_owned(), Some(body.to_string()))
+            (Method::POST, "/v1/orders".to_owned(), Some(body))
         }
-        OrderCommand::Show { order_id } => {
-            ("GET", format!("/v1/orders/{}", encode(order_id)), None)
-        }
+        OrderCommand::Show { order_id } => (
+            Method::GET,
+            format!("/v1/orders/{}", encode(order_id)),
+            None,
+        ),
         OrderCommand::List { taxi, state, limit } => {
             let mut path = format!("/v1/taxis/{}/orders?limit={limit}", encode(taxi));
             if let Some(state) = state {
                 path.push_str(&format!("&state={}", encode(state)));
             }
-            ("GET", path, None)
+            (Method::GET, path, None)
         }
     };
-    let response = http::request(&endpoint, method, &path, Some(token), body.as_deref())?;
+    let response = api.call(method, &path, token, body.as_ref()).await?;
     let value: Value =
         serde_json::from_str(&response.body).unwrap_or(Value::String(response.body.clone()));
     if !(200..300).contains(&response.status) {

@@ -16,7 +16,7 @@
 //! two brokers as child processes ([`process`]), [`measure`] clocks, histograms, RSS and CPU,
 //! [`report`] the table, [`taxi`] one simulated taxi, [`bench`] and [`fleet`] the commands,
 //! [`limit`] bounded concurrency, [`ingest`] the bridge benchmark, [`dispatch`] the order
-//! delivery benchmark, [`http`] a small HTTP client.
+//! delivery benchmark, [`http`] the HTTP clients of the local endpoints.
 
 pub mod baseline;
 pub mod bench;

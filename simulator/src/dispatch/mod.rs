@@ -437,25 +437,23 @@ async fn ready(api: SocketAddr, token: &str, orders: Orders) -> Result<()> {
         "text": "The benchmark starts",
         "order_id": order_id,
         "expires_in_s": 60,
-    })
-    .to_string();
+    });
     orders
         .tracker
         .sent(orders.phase, &order_id, taxi, Instant::now())?;
-    let authorization = format!("Bearer {token}");
-    let answer = crate::http::Connection::open(api)
-        .await?
-        .post_json(
-            "/v1/orders",
-            &[("Authorization", authorization.as_str())],
-            body.as_bytes(),
-        )
-        .await?;
-    if answer.status != 201 {
+    let answer = crate::http::client(0)?
+        .post(format!("http://{api}/v1/orders"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .context("POST /v1/orders")?;
+    let status = answer.status();
+    if status != reqwest::StatusCode::CREATED {
         bail!(
             "the API did not accept an order: {} {}",
-            answer.status,
-            answer.text()
+            status.as_u16(),
+            answer.text().await.unwrap_or_default()
         );
     }
     let deadline = Instant::now() + Duration::from_secs(30);

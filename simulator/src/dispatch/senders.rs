@@ -16,7 +16,6 @@ use rumqttc::{Event, Packet, QoS};
 
 use super::tracker::Tracker;
 use crate::client;
-use crate::http::Connection;
 use crate::measure::{self, Latency, LatencySummary};
 use crate::pki::Client;
 
@@ -272,7 +271,9 @@ async fn call_api_here(
     Ok(report)
 }
 
-/// One keep-alive connection sending orders until `end`: every `period`, or back to back.
+/// One keep-alive connection (a client of its own, pooling one connection) sending orders
+/// until `end`: every `period`, or back to back. Each answer is timed from just before the
+/// request until its body has been read.
 #[allow(clippy::too_many_arguments)]
 async fn api_worker(
     api: SocketAddr,
@@ -284,7 +285,8 @@ async fn api_worker(
     period: Option<Duration>,
     end: Instant,
 ) -> Result<(Sent, Latency)> {
-    let mut connection = Connection::open(api).await?;
+    let client = crate::http::client(1)?;
+    let url = reqwest::Url::parse(&format!("http://{api}/v1/orders")).context("API URL")?;
     let authorization = format!("Bearer {token}");
     let mut report = Sent::default();
     let mut latency = Latency::new()?;
@@ -316,19 +318,28 @@ async fn api_worker(
         let at = Instant::now();
         orders.tracker.sent(orders.phase, &order_id, taxi, at)?;
         report.sent += 1;
-        let answer = connection
-            .post_json(
-                "/v1/orders",
-                &[("Authorization", authorization.as_str())],
-                body.as_bytes(),
-            )
-            .await;
+        let answer = async {
+            let response = client
+                .post(url.clone())
+                .header(reqwest::header::AUTHORIZATION, authorization.as_str())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.bytes().await?))
+        }
+        .await;
         latency.record(at.elapsed());
         match answer {
-            Ok(answer) if answer.status == 201 => report.accepted += 1,
-            Ok(answer) => {
+            Ok((status, _)) if status == reqwest::StatusCode::CREATED => report.accepted += 1,
+            Ok((status, body)) => {
                 orders.tracker.unsent(&order_id);
-                report.error(format!("{} {}", answer.status, answer.text()));
+                report.error(format!(
+                    "{} {}",
+                    status.as_u16(),
+                    String::from_utf8_lossy(&body)
+                ));
             }
             Err(e) => {
                 orders.tracker.unsent(&order_id);

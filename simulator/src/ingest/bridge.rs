@@ -154,15 +154,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// `GET /metrics` over plain HTTP/1.1.
+    /// `GET /metrics` over plain HTTP/1.1, answer read within five seconds.
     pub async fn fetch(addr: SocketAddr) -> Result<Metrics> {
-        let answer = crate::http::get(addr, "/metrics", Duration::from_secs(5))
-            .await
-            .context("reading /metrics")?;
-        if answer.status != 200 {
-            bail!("/metrics answered {}", answer.status);
-        }
-        Ok(Metrics::parse(&answer.text()))
+        let exchange = async {
+            let response = crate::http::client(0)?
+                .get(format!("http://{addr}/metrics"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await?;
+            let status = response.status();
+            if status != reqwest::StatusCode::OK {
+                bail!("/metrics answered {}", status.as_u16());
+            }
+            Ok(Metrics::parse(&response.text().await?))
+        };
+        exchange.await.context("reading /metrics")
     }
 
     /// Parses Prometheus text format samples (comments skipped).
