@@ -226,7 +226,10 @@ async fn create(
     match api.orders.create(&order).await.map_err(ApiError::internal)? {
         Created::New => {
             metrics::counter!("dispatch_orders_created_total", "sender" => "api").increment(1);
-            let published = api.publisher.publish(&Outgoing::from(&order), "api");
+            let published = api
+                .publisher
+                .publish(&Outgoing::from(&order), "api")
+                .await;
             if published == Published::Busy {
                 // The sweep publishes it as soon as the broker takes requests again.
                 if let Err(e) = api.orders.unclaim(&order.order_id).await {

@@ -1,7 +1,10 @@
 //! Dispatch's own MQTT connection (the bridge certificate, client id
 //! `<client_id>.<bridge id>-dispatch`, persistent session, manual acks).
 //!
-//! - [`Publisher`]: publishes orders QoS 1 on `taxi/<id>/inbox`, never an expired one.
+//! - [`Publisher`]: publishes orders QoS 1 on `taxi/<id>/inbox`, never an expired one, at
+//!   most [`MAX_IN_FLIGHT`] at a time not acknowledged by the broker yet: a publisher waits for
+//!   room (back-pressure), so publishes never crowd the connection's request queue and the
+//!   connection always has room left for its acknowledgements.
 //! - The connection subscribes `$share/<group>/taxi/+/inbox` and `$share/<group>/taxi/+/status`:
 //!   every inbox message (ours or a backoffice app's) is recorded in PostgreSQL before it is
 //!   acknowledged (which also marks a queued order `sent`); a taxi's `online` status triggers
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::orders::{Orders, Outgoing, Seen};
@@ -23,6 +26,17 @@ use crate::source::now_ms;
 
 /// Requests queued towards the broker at most (publishes and acks).
 const REQUEST_CAPACITY: usize = 10_000;
+/// Publishes handed to the connection and not acknowledged by the broker yet, at most.
+/// Below the connection's own limit ([`CONNECTION_INFLIGHT`]), so the connection never
+/// stops taking requests from its queue, and acknowledgements of received messages queued
+/// behind publishes always go out promptly.
+pub const MAX_IN_FLIGHT: usize = 200;
+/// rumqttc's limit of unacknowledged outgoing publishes (it stops reading its request queue,
+/// acknowledgements included, when it is reached).
+const CONNECTION_INFLIGHT: u16 = 256;
+/// How long a publisher waits for room before giving up (the order is then made due again
+/// and the sweep publishes it).
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 /// Inbox messages recorded together before their acks.
 const RECORD_BATCH: usize = 100;
 
@@ -30,6 +44,9 @@ const RECORD_BATCH: usize = 100;
 #[derive(Clone)]
 pub struct Publisher {
     client: AsyncClient,
+    /// One permit per publish that may still be handed to the connection; taken by
+    /// [`Publisher::publish`], given back when the broker acknowledges a publish.
+    room: Arc<Semaphore>,
 }
 
 /// Why an order was (not) published.
@@ -38,14 +55,17 @@ pub enum Published {
     Queued,
     /// Its expiry has passed: never published.
     Expired,
-    /// The request queue is full (the broker is unreachable for a while): try again later.
+    /// No room for it within [`PUBLISH_WAIT`] (the broker is unreachable or slow for a
+    /// while): try again later.
     Busy,
 }
 
 impl Publisher {
-    /// Queues the order as a QoS 1 publish on `taxi/<id>/inbox` unless it has expired.
-    /// `reason` labels the metric (`api`, `queued`, `resend`, `online`, `reconnect`).
-    pub fn publish(&self, order: &Outgoing, reason: &'static str) -> Published {
+    /// Queues the order as a QoS 1 publish on `taxi/<id>/inbox` unless it has expired,
+    /// waiting up to [`PUBLISH_WAIT`] for fewer than [`MAX_IN_FLIGHT`] publishes to be
+    /// unacknowledged by the broker. `reason` labels the metric (`api`, `sweep`, `online`,
+    /// `reconnect`).
+    pub async fn publish(&self, order: &Outgoing, reason: &'static str) -> Published {
         if order.expires_ms.is_some_and(|expires| expires <= now_ms()) {
             metrics::counter!("dispatch_publish_skipped_expired_total").increment(1);
             return Published::Expired;
@@ -63,29 +83,54 @@ impl Publisher {
             expires_ms: order.expires_ms,
         };
         let topic = format!("taxi/{}/inbox", order.taxi_id);
+        match tokio::time::timeout(PUBLISH_WAIT, self.room.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("dispatch_publish_failures_total").increment(1);
+                debug!(
+                    order_id = order.order_id,
+                    "no room for the publish: the broker is slow or unreachable"
+                );
+                return Published::Busy;
+            }
+        }
         match self
             .client
-            .try_publish(topic, QoS::AtLeastOnce, false, wire::encode_json(&message))
+            .publish(topic, QoS::AtLeastOnce, false, wire::encode_json(&message))
+            .await
         {
             Ok(()) => {
                 metrics::counter!("dispatch_publishes_total", "reason" => reason).increment(1);
                 Published::Queued
             }
             Err(e) => {
+                // Only when the connection's task is gone.
+                self.release();
                 metrics::counter!("dispatch_publish_failures_total").increment(1);
-                debug!(order_id = order.order_id, error = %e, "publish not queued");
+                warn!(order_id = order.order_id, error = %e, "publish not queued");
                 Published::Busy
             }
         }
     }
 
-    /// Publishes each order; those that could not be queued are made due again.
+    /// Gives back the room of one publish (the broker acknowledged one), never above
+    /// [`MAX_IN_FLIGHT`] (a publish sent again after a reconnection is acknowledged again).
+    fn release(&self) {
+        if self.room.available_permits() < MAX_IN_FLIGHT {
+            self.room.add_permits(1);
+        }
+    }
+
+    /// Publishes each order in turn; once one finds no room, it and the rest are made due
+    /// again (the sweep publishes them when the broker takes publishes again).
     pub async fn publish_all(&self, orders: &Orders, claimed: &[Outgoing], reason: &'static str) {
-        for order in claimed {
-            if self.publish(order, reason) == Published::Busy {
-                if let Err(e) = orders.unclaim(&order.order_id).await {
-                    warn!(order_id = order.order_id, error = %e, "cannot mark the order due again");
+        for (n, order) in claimed.iter().enumerate() {
+            if self.publish(order, reason).await == Published::Busy {
+                let rest: Vec<String> = claimed[n..].iter().map(|o| o.order_id.clone()).collect();
+                if let Err(e) = orders.unclaim_all(&rest).await {
+                    warn!(orders = rest.len(), error = %e, "cannot mark orders due again; they are published again after the resend interval");
                 }
+                return;
             }
         }
     }
@@ -109,10 +154,12 @@ pub fn start(
     options
         .set_clean_session(false)
         .set_manual_acks(true)
+        .set_inflight(CONNECTION_INFLIGHT)
         .set_request_channel_capacity(REQUEST_CAPACITY);
     let (client, eventloop) = crate::source::client(options, REQUEST_CAPACITY);
     let publisher = Publisher {
         client: client.clone(),
+        room: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
     };
     let filters = vec![
         SubscribeFilter::new(
@@ -125,7 +172,10 @@ pub fn start(
         ),
     ];
     let generation = Arc::new(AtomicU64::new(0));
-    let (received_tx, received_rx) = mpsc::channel(REQUEST_CAPACITY);
+    // Unbounded, so that the connection never waits for the recorder (it must keep reading
+    // the broker's acknowledgements meanwhile); the broker bounds what it delivers to us
+    // unacknowledged.
+    let (received_tx, received_rx) = mpsc::unbounded_channel();
     tokio::spawn(handle_received(
         received_rx,
         client.clone(),
@@ -156,7 +206,7 @@ async fn run_connection(
     mut eventloop: rumqttc::EventLoop,
     filters: Vec<SubscribeFilter>,
     generation: Arc<AtomicU64>,
-    received: mpsc::Sender<Received>,
+    received: mpsc::UnboundedSender<Received>,
     publisher: Publisher,
     orders: Arc<Orders>,
     settle: Duration,
@@ -203,10 +253,11 @@ async fn run_connection(
                     publish,
                     generation: generation.load(Ordering::Acquire),
                 };
-                if received.send(message).await.is_err() {
+                if received.send(message).is_err() {
                     return;
                 }
             }
+            Ok(Event::Incoming(Packet::PubAck(_))) => publisher.release(),
             Ok(_) => {}
             Err(e) => {
                 if connected {
@@ -256,21 +307,26 @@ async fn resend_unconfirmed(publisher: &Publisher, orders: &Orders, connected_ms
 /// Records inbox messages and reacts to statuses, in arrival order, acknowledging each only
 /// when done.
 async fn handle_received(
-    mut received: mpsc::Receiver<Received>,
+    mut received: mpsc::UnboundedReceiver<Received>,
     client: AsyncClient,
     generation: Arc<AtomicU64>,
     publisher: Publisher,
     orders: Arc<Orders>,
     online_delay: Duration,
 ) {
-    let ack = |message: &Received| {
-        if message.generation != generation.load(Ordering::Acquire) {
-            return; // That connection is gone: the broker sends the message again.
-        }
-        let mut publish = message.publish.clone();
-        publish.payload = bytes::Bytes::new();
-        if let Err(e) = client.try_ack(&publish) {
-            warn!(error = %e, "dispatch acknowledgement not sent; the message will come again");
+    // Awaited, never dropped: the broker wants acknowledgements in order and sends nothing
+    // again before a reconnection, so a lost one would stop its deliveries to dispatch.
+    let ack = |message: Received| {
+        let (client, generation) = (&client, &generation);
+        async move {
+            if message.generation != generation.load(Ordering::Acquire) {
+                return; // That connection is gone: the broker sends the message again.
+            }
+            let mut publish = message.publish;
+            publish.payload = bytes::Bytes::new();
+            if let Err(e) = client.ack(&publish).await {
+                warn!(error = %e, "dispatch acknowledgement not sent: the connection is gone");
+            }
         }
     };
     let mut batch: Vec<Received> = Vec::with_capacity(RECORD_BATCH);
@@ -287,7 +343,7 @@ async fn handle_received(
             .map(|message| handle_one(message, &publisher, &orders, online_delay));
         futures_util::future::join_all(work).await;
         for message in batch.drain(..) {
-            ack(&message);
+            ack(message).await;
         }
     }
 }

@@ -368,6 +368,18 @@ impl Orders {
         Ok(())
     }
 
+    /// Makes orders due again at the next sweep (their publication failed).
+    pub async fn unclaim_all(&self, order_ids: &[String]) -> Result<(), OrdersError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE orders SET last_sent_at = NULL WHERE order_id = ANY($1)",
+                &[&order_ids],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Marks orders past their expiry (not answered yet) `expired`; returns how many.
     pub async fn expire_due(&self) -> Result<u64, OrdersError> {
         let client = self.client().await?;
