@@ -486,3 +486,77 @@ pub async fn taxictl(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
 }
+
+/// Order ids a taxi started by [`answering_taxi`] has received so far.
+pub type ReceivedIds = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// Lets `taxi` (listening on its inbox) answer every inbox message in the background with
+/// one ack per state of `states`, in that order, published QoS 1 without waiting for each
+/// PUBACK; seq numbers count from `first_seq`. Returns the ids received so far and the task
+/// (abort it, or drop the runtime, to stop).
+pub fn answering_taxi(
+    mut taxi: MqttClient,
+    taxi_id: &str,
+    states: &'static [&'static str],
+    first_seq: u64,
+) -> (ReceivedIds, tokio::task::JoinHandle<Result<()>>) {
+    let received = ReceivedIds::default();
+    let ids = received.clone();
+    let taxi_id = taxi_id.to_owned();
+    let task = tokio::spawn(async move {
+        let inbox = format!("taxi/{taxi_id}/inbox");
+        let ack_topic = format!("taxi/{taxi_id}/ack");
+        let mut seq = first_seq;
+        loop {
+            let message = taxi
+                .expect_publish_within(&inbox, Duration::from_secs(3600))
+                .await?;
+            let order = inbox_message(&message)?;
+            ids.lock()
+                .expect("received ids")
+                .insert(order.order_id.clone());
+            for state in states {
+                let ack = json!({
+                    "seq": seq, "order_id": order.order_id, "state": state,
+                    "ts_ms": crate::unix_ms(),
+                });
+                seq += 1;
+                taxi.publish(&ack_topic, 1, false, ack.to_string().as_bytes())
+                    .await?;
+            }
+        }
+    });
+    (received, task)
+}
+
+/// How many orders are in each state, by state.
+pub async fn orders_per_state(
+    platform: &Platform,
+) -> Result<std::collections::BTreeMap<String, i64>> {
+    let db = platform.db().await?;
+    let rows = db
+        .client()
+        .query("SELECT state, count(*) FROM orders GROUP BY state", &[])
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// Waits until `count` orders are in `state`; returns the count per state.
+pub async fn wait_for_orders_in(
+    platform: &Platform,
+    state: &str,
+    count: i64,
+    within: Duration,
+) -> Result<std::collections::BTreeMap<String, i64>> {
+    eventually(&format!("{count} orders {state}"), within, || async move {
+        let states = orders_per_state(platform).await?;
+        Ok(if states.get(state) == Some(&count) {
+            Progress::Done(states)
+        } else {
+            Progress::Waiting(format!("{states:?}"))
+        })
+    })
+    .await
+}

@@ -11,10 +11,10 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tests::bridge_process::BridgeProcess;
 use tests::dispatch::{
-    answer, answer_and_wait, answer_and_wait_stored, dispatch_config, expect_marker_next,
-    expect_only_copies_before_marker, inbox_message, inbox_taxi, mosquitto_inbox_taxi, next_inbox,
-    next_mosquitto_inbox, taxictl, wait_dispatch_subscribed, wait_for_ack_stored, DispatchApi,
-    RestartableBroker, TOKEN, TOKEN_NAME,
+    answer, answer_and_wait, answer_and_wait_stored, answering_taxi, dispatch_config,
+    expect_marker_next, expect_only_copies_before_marker, inbox_message, inbox_taxi,
+    mosquitto_inbox_taxi, next_inbox, next_mosquitto_inbox, taxictl, wait_dispatch_subscribed,
+    wait_for_ack_stored, wait_for_orders_in, DispatchApi, RestartableBroker, TOKEN, TOKEN_NAME,
 };
 use tests::platform::{bounded, eventually, Platform, Progress};
 use tests::{unix_ms, TestPki};
@@ -699,6 +699,106 @@ async fn an_unconfirmed_order_is_sent_again_until_its_taxi_confirms_it() -> Resu
         ensure!(
             order["attempts"] == confirmed["attempts"],
             "o-1 was published again after it was confirmed: {order}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_api_orders_reaches_every_taxi() -> Result<()> {
+    const TAXIS: usize = 4;
+    const ORDERS: usize = 6_000;
+    const CALLERS: usize = 16;
+    bounded(Duration::from_secs(300), async {
+        let (platform, _bridge, api) = platform_with_dispatch_resending(500).await?;
+        let mut taxis = Vec::new();
+        for t in 0..TAXIS {
+            let id = format!("taxi-{t}");
+            let cert = platform.pki.client(&id, "taxi")?;
+            let taxi = inbox_taxi(&platform, &cert, true).await?;
+            taxis.push(answering_taxi(taxi, &id, &["received"], 1));
+        }
+
+        // Back to back, as fast as the API answers.
+        let mut callers = tokio::task::JoinSet::new();
+        for caller in 0..CALLERS {
+            callers.spawn(async move {
+                for n in (caller..ORDERS).step_by(CALLERS) {
+                    let taxi = format!("taxi-{}", n % TAXIS);
+                    api.send_to(&taxi, &format!("burst-{n}"), "Burst").await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(outcome) = callers.join_next().await {
+            outcome??;
+        }
+
+        // Each order is `received` once its taxi has it: none may stay queued or sent.
+        wait_for_orders_in(
+            &platform,
+            "received",
+            ORDERS as i64,
+            Duration::from_secs(120),
+        )
+        .await?;
+        let reached: usize = taxis
+            .iter()
+            .map(|(ids, _)| ids.lock().expect("received ids").len())
+            .sum();
+        ensure!(
+            reached == ORDERS,
+            "{reached} of {ORDERS} orders reached their taxi"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_published_over_mqtt_and_answered_at_once_end_answered() -> Result<()> {
+    const ORDERS: usize = 400;
+    bounded(Duration::from_secs(300), async {
+        let platform = Platform::start().await?;
+        let mut config = dispatch_config(&platform, "d1", 30_000)?;
+        // Acks stored as soon as they come, at the same time as dispatch records the order.
+        config.batch.max_messages = 1;
+        config.batch.max_delay_ms = 1;
+        let bridge = platform.start_bridge(&config).await?;
+        wait_dispatch_subscribed(bridge.http_addr, 1.0).await?;
+        let a = platform.pki.client("taxi-a", "taxi")?;
+        let taxi_a = inbox_taxi(&platform, &a, true).await?;
+        let (received, _answering) = answering_taxi(taxi_a, "taxi-a", &["received", "accepted"], 1);
+        let backoffice = platform.pki.client("backoffice", "backoffice")?;
+        let backoffice = platform.broker.client(&backoffice).connect().await?;
+
+        let created_ms = unix_ms();
+        for n in 0..ORDERS {
+            let order = json!({
+                "order_id": format!("mqtt-{n}"), "kind": "order", "text": "Answer at once",
+                "created_ms": created_ms, "expires_ms": created_ms + 600_000
+            });
+            backoffice
+                .publish("taxi/taxi-a/inbox", 1, false, order.to_string().as_bytes())
+                .await?;
+            if n % 20 == 19 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        // Each order's acks are stored however close to its recording they came.
+        wait_for_orders_in(
+            &platform,
+            "accepted",
+            ORDERS as i64,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let reached = received.lock().expect("received ids").len();
+        ensure!(
+            reached == ORDERS,
+            "{reached} of {ORDERS} orders reached the taxi"
         );
         Ok(())
     })
