@@ -396,6 +396,20 @@ async fn dead_letters_keep_the_exact_payload() -> anyhow::Result<()> {
         .await?;
     assert_eq!((stats.positions_inserted, stats.dead_letters), (1, 1));
     assert_eq!(store.count_dead_letters().await?, 3);
+
+    // The same refused message delivered again (later, or twice in one batch) is stored once;
+    // the same bytes on another topic are another message.
+    let mut again = dead(Some("t-1"), payload.clone());
+    if let Record::DeadLetter(d) = &mut again {
+        d.received_ms = NOON + 60_000;
+    }
+    let mut elsewhere = dead(Some("t-1"), payload.clone());
+    if let Record::DeadLetter(d) = &mut elsewhere {
+        d.topic = "taxi/t-1/tour".to_owned();
+    }
+    let stats = store.write(&[again.clone(), again, elsewhere]).await?;
+    assert_eq!(stats.dead_letters, 1);
+    assert_eq!(store.count_dead_letters().await?, 4);
     Ok(())
 }
 

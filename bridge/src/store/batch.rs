@@ -83,6 +83,16 @@ pub(super) struct DeadRow<'a> {
     pub payload: Cow<'a, [u8]>,
 }
 
+/// Dead letters, column by column, borrowed from the batch.
+pub(super) struct DeadColumns<'b> {
+    pub received: Vec<Timestamp>,
+    pub topic: Vec<&'b str>,
+    pub taxi: Vec<Option<&'b str>>,
+    pub reason_code: Vec<&'b str>,
+    pub reason: Vec<&'b str>,
+    pub payload: Vec<&'b [u8]>,
+}
+
 #[derive(Default)]
 pub(super) struct Batch<'a> {
     /// Sorted by key (taxi, ts, seq).
@@ -96,6 +106,19 @@ pub(super) struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
+    /// The dead letters as columns, for one array insert.
+    pub fn dead_letter_columns(&self) -> DeadColumns<'_> {
+        let rows = &self.dead_letters;
+        DeadColumns {
+            received: rows.iter().map(|d| d.received).collect(),
+            topic: rows.iter().map(|d| d.topic.as_ref()).collect(),
+            taxi: rows.iter().map(|d| d.taxi.as_deref()).collect(),
+            reason_code: rows.iter().map(|d| d.reason_code.as_ref()).collect(),
+            reason: rows.iter().map(|d| d.reason.as_ref()).collect(),
+            payload: rows.iter().map(|d| d.payload.as_ref()).collect(),
+        }
+    }
+
     /// The last position of each taxi: the newest, as positions are sorted by key.
     pub fn latest(&self) -> LatestColumns<'_> {
         let mut latest = LatestColumns::default();

@@ -1,5 +1,5 @@
 //! Binary COPY writers: positions into `positions` (when none can be a duplicate) or into the
-//! session's staging table, and dead letters into `dead_letters` (they have no key).
+//! session's staging table.
 
 use std::pin::pin;
 
@@ -7,7 +7,7 @@ use postgres_types::Type;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Error, Statement, Transaction};
 
-use super::batch::{DeadRow, PositionRow};
+use super::batch::PositionRow;
 
 /// A temporary table per session, emptied at each commit (and on rollback).
 pub(super) const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS positions_staging \
@@ -35,18 +35,6 @@ pub const POSITION_TYPES: [Type; 9] = [
     Type::TIMESTAMPTZ,
 ];
 
-pub(super) const COPY_DEAD_LETTERS: &str = "COPY dead_letters \
-     (received_at, topic, taxi_id, reason_code, reason, payload) FROM STDIN (FORMAT binary)";
-
-const DEAD_LETTER_TYPES: [Type; 6] = [
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::BYTEA,
-];
-
 /// Copies positions with `statement` ([`COPY_POSITIONS`] or [`COPY_STAGING`], prepared);
 /// returns the rows copied.
 pub(super) async fn positions(
@@ -70,35 +58,6 @@ pub(super) async fn positions(
                 &row.heading_deg,
                 &row.accuracy_m,
                 &row.received,
-            ])
-            .await?;
-    }
-    writer.finish().await
-}
-
-/// Copies dead letters into `dead_letters`; returns the rows copied.
-pub(super) async fn dead_letters(
-    tx: &Transaction<'_>,
-    statement: &Statement,
-    rows: &[DeadRow<'_>],
-) -> Result<u64, Error> {
-    let sink = tx.copy_in(statement).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &DEAD_LETTER_TYPES));
-    for row in rows {
-        let topic: &str = &row.topic;
-        let taxi: Option<&str> = row.taxi.as_deref();
-        let reason_code: &str = &row.reason_code;
-        let reason: &str = &row.reason;
-        let payload: &[u8] = &row.payload;
-        writer
-            .as_mut()
-            .write(&[
-                &row.received,
-                &topic,
-                &taxi,
-                &reason_code,
-                &reason,
-                &payload,
             ])
             .await?;
     }

@@ -6,8 +6,9 @@
 //! stored keys. The newest fix of each taxi in the batch updates `latest_positions` when it
 //! is newer than the stored one. Tour events and acks are sent as arrays and inserted
 //! skipping stored keys (the tour processor judges tour events later). Statuses update
-//! `taxi_status` when newer. Dead letters are copied. Rows are handled in key order, so
-//! concurrent batches lock keys in the same order and do not deadlock.
+//! `taxi_status` when newer. Dead letters are inserted once per message (same topic, same
+//! bytes). Rows are handled in key order, so concurrent batches lock keys in the same order and
+//! do not deadlock.
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -59,6 +60,14 @@ FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[], $
 ORDER BY taxi_id, seq
 ON CONFLICT DO NOTHING";
 
+/// A message delivered again has the same topic and bytes: stored once (index on both).
+const INSERT_DEAD_LETTERS: &str = "
+INSERT INTO dead_letters (received_at, topic, taxi_id, reason_code, reason, payload)
+SELECT received_at, topic, taxi_id, reason_code, reason, payload
+FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+    AS b(received_at, topic, taxi_id, reason_code, reason, payload)
+ON CONFLICT (topic, sha256(payload)) DO NOTHING";
+
 /// The newest status per taxi wins; an equal `at` with another state is decided by the
 /// receive time (a connection that opened and closed within one millisecond).
 const UPSERT_STATUSES: &str = "
@@ -81,7 +90,7 @@ pub(super) struct Prepared {
     insert_tour_events: Statement,
     insert_acks: Statement,
     upsert_statuses: Statement,
-    copy_dead_letters: Statement,
+    insert_dead_letters: Statement,
 }
 
 impl Prepared {
@@ -96,7 +105,7 @@ impl Prepared {
             insert_tour_events: client.prepare(INSERT_TOUR_EVENTS).await?,
             insert_acks: client.prepare(INSERT_ACKS).await?,
             upsert_statuses: client.prepare(UPSERT_STATUSES).await?,
-            copy_dead_letters: client.prepare(copy::COPY_DEAD_LETTERS).await?,
+            insert_dead_letters: client.prepare(INSERT_DEAD_LETTERS).await?,
         })
     }
 }
@@ -175,8 +184,20 @@ pub(super) async fn write(
             .await?;
     }
     if !batch.dead_letters.is_empty() {
-        stats.dead_letters =
-            copy::dead_letters(&tx, &prepared.copy_dead_letters, &batch.dead_letters).await?;
+        let d = batch.dead_letter_columns();
+        stats.dead_letters = tx
+            .execute(
+                &prepared.insert_dead_letters,
+                &[
+                    &d.received,
+                    &d.topic,
+                    &d.taxi,
+                    &d.reason_code,
+                    &d.reason,
+                    &d.payload,
+                ],
+            )
+            .await?;
     }
     tx.commit().await?;
     Ok(stats)

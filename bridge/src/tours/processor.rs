@@ -61,7 +61,8 @@ WHERE taxi_id = $1 AND seq = $2";
 
 const INSERT_DEAD_LETTER: &str = "
 INSERT INTO dead_letters (received_at, topic, taxi_id, reason_code, reason, payload)
-VALUES ($1, $2, $3, $4, $5, $6)";
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (topic, sha256(payload)) DO NOTHING";
 
 /// Starts the processor (and the invoice publisher) if `tours.enabled`.
 pub async fn start(config: &Config) -> anyhow::Result<()> {
