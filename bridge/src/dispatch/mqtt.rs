@@ -225,9 +225,15 @@ async fn run_connection(
                     "dispatch connected to the broker"
                 );
                 metrics::counter!("dispatch_mqtt_connects_total").increment(1);
-                if let Err(e) = client.subscribe_many(filters.clone()).await {
-                    warn!(client_id, error = %e, "dispatch subscribe request failed");
-                }
+                // Queued from another task: this one must keep polling the connection, which
+                // is what empties the request queue.
+                let (subscriber, filters, id) =
+                    (client.clone(), filters.clone(), client_id.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = subscriber.subscribe_many(filters).await {
+                        warn!(client_id = id, error = %e, "dispatch subscribe request failed");
+                    }
+                });
                 // What the broker held for offline taxis may be gone (a restart): publish
                 // every unconfirmed order again, once taxis had a moment to subscribe.
                 let (publisher, orders) = (publisher.clone(), orders.clone());
