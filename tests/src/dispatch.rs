@@ -338,12 +338,23 @@ pub async fn expect_only_copies_before_marker(
     copy: &str,
 ) -> Result<()> {
     api.send_to(taxi_id, marker, "marker").await?;
+    let next = next_new_inbox(taxi, taxi_id, &[copy]).await?;
+    ensure!(next.order_id == marker, "{taxi_id} received {next:?}");
+    Ok(())
+}
+
+/// The next inbox message of `taxi` that is not a copy of one in `seen`: the platform may
+/// send an order again (same id) until its taxi's answer is stored, so copies may come first.
+pub async fn next_new_inbox(
+    taxi: &mut MqttClient,
+    taxi_id: &str,
+    seen: &[&str],
+) -> Result<wire::InboxMessage> {
     loop {
         let next = next_inbox(taxi, taxi_id).await?;
-        if next.order_id == marker {
-            return Ok(());
+        if !seen.contains(&next.order_id.as_str()) {
+            return Ok(next);
         }
-        ensure!(next.order_id == copy, "{taxi_id} received {next:?}");
     }
 }
 

@@ -13,8 +13,9 @@ use tests::bridge_process::BridgeProcess;
 use tests::dispatch::{
     answer, answer_and_wait, answer_and_wait_stored, answering_taxi, dispatch_config,
     expect_marker_next, expect_only_copies_before_marker, inbox_message, inbox_taxi,
-    mosquitto_inbox_taxi, next_inbox, next_mosquitto_inbox, taxictl, wait_dispatch_subscribed,
-    wait_for_ack_stored, wait_for_orders_in, DispatchApi, RestartableBroker, TOKEN, TOKEN_NAME,
+    mosquitto_inbox_taxi, next_inbox, next_mosquitto_inbox, next_new_inbox, taxictl,
+    wait_dispatch_subscribed, wait_for_ack_stored, wait_for_orders_in, DispatchApi,
+    RestartableBroker, TOKEN, TOKEN_NAME,
 };
 use tests::platform::{bounded, eventually, Platform, Progress};
 use tests::{unix_ms, TestPki};
@@ -413,7 +414,7 @@ async fn orders_from_the_backoffice_over_mqtt_and_from_the_platform_are_recorded
                 &[],
             )
             .await?;
-        let invoice = next_inbox(&mut taxi_a, "taxi-a").await?;
+        let invoice = next_new_inbox(&mut taxi_a, "taxi-a", &["bo-1"]).await?;
         ensure!(invoice.order_id == "invoice-t1", "{invoice:?}");
         ensure!(invoice.kind == wire::InboxKind::Invoice, "{invoice:?}");
         let order = api.wait_for_state("invoice-t1", "sent").await?;
