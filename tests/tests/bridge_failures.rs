@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use bridge::archive::embedded::EmbeddedS3;
 use bridge::archive::start_embedded;
 use testkit::s3::MotoServer;
 use tests::archive::{archived_multiset, read_all};
@@ -88,6 +89,25 @@ async fn assert_each_position_once(platform: &Platform, taxis: &[Taxi]) -> Resul
     Ok(())
 }
 
+/// An embedded S3 server run by the test (not by a bridge process) and the archive settings
+/// pointing at it; the server lives as long as the first value is kept.
+async fn archive_outside_the_bridge(
+    platform: &Platform,
+) -> Result<(EmbeddedS3, bridge::config::ArchiveConfig)> {
+    let s3 = start_embedded(
+        &platform.dir.path().join("s3"),
+        "127.0.0.1:0".parse().context("address")?,
+    )
+    .await?;
+    let archive = external_archive(
+        &s3.endpoint,
+        &s3.access_key_id,
+        &s3.secret_access_key,
+        "us-east-1",
+    );
+    Ok((s3, archive))
+}
+
 /// The ids of the taxis `taxi-1` .. `taxi-<n>`.
 fn fleet_ids(n: usize) -> Vec<String> {
     (1..=n).map(|n| format!("taxi-{n}")).collect()
@@ -104,17 +124,7 @@ async fn bridge_killed_mid_stream_loses_nothing_and_doubles_nothing() -> Result<
         const POSITIONS: u64 = 1000;
         let platform = Platform::start().await?;
         // The archive's S3 server lives in the test, so that it survives the bridge.
-        let s3 = start_embedded(
-            &platform.dir.path().join("s3"),
-            "127.0.0.1:0".parse().context("address")?,
-        )
-        .await?;
-        let archive = external_archive(
-            &s3.endpoint,
-            &s3.access_key_id,
-            &s3.secret_access_key,
-            "us-east-1",
-        );
+        let (_s3, archive) = archive_outside_the_bridge(&platform).await?;
         let config = platform.bridge_config("b1", archive.clone());
         let mut bridge = BridgeProcess::spawn(&config)?;
         bridge.wait_ready().await?;
@@ -299,17 +309,7 @@ async fn two_bridges_in_one_group_store_every_message_once() -> Result<()> {
         const TAXIS: usize = 5;
         const POSITIONS: u64 = 400;
         let platform = Platform::start().await?;
-        let s3 = start_embedded(
-            &platform.dir.path().join("s3"),
-            "127.0.0.1:0".parse().context("address")?,
-        )
-        .await?;
-        let archive = external_archive(
-            &s3.endpoint,
-            &s3.access_key_id,
-            &s3.secret_access_key,
-            "us-east-1",
-        );
+        let (_s3, archive) = archive_outside_the_bridge(&platform).await?;
         let mut first = BridgeProcess::spawn(&platform.bridge_config("b1", archive.clone()))?;
         let mut second = BridgeProcess::spawn(&platform.bridge_config("b2", archive))?;
         assert_eq!(first.config.mqtt.group, second.config.mqtt.group);
