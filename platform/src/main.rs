@@ -3,7 +3,8 @@
 //! Starts, in one process: a development PKI (`certs/dev`), PostgreSQL (a private cluster
 //! under `data/postgres` from the system's binaries, unless `DATABASE_URL` is set), the
 //! broker, the bridge with its embedded S3-compatible archive (unless `BRIDGE_ARCHIVE__*`
-//! points elsewhere), and a simulated fleet. Then it prints where to look.
+//! points elsewhere), the analytics layer (its lake in the same object store), and a
+//! simulated fleet. Then it prints where to look.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ struct Cli {
     /// Bridge configuration file (see config/bridge.toml).
     #[arg(long)]
     bridge_config: Option<PathBuf>,
+    /// Analytics configuration file (see config/analytics.toml).
+    #[arg(long)]
+    analytics_config: Option<PathBuf>,
     /// Where local state lives: PostgreSQL cluster, archive spool, embedded S3 objects.
     #[arg(long, default_value = "data")]
     data: PathBuf,
@@ -87,7 +91,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let tariff = bridge_config.tours.tariff.clone();
     let bridge = bridge::start(bridge_config).await?;
 
+    let analytics_config = analytics_config(&cli, &database_url, &broker, &bridge, &archive)?;
+    let lake = analytics_config.lake.clone();
+    let analytics_config_for_guide = analytics_config.clone();
+    let analytics = analytics::start(analytics_config).await?;
+
     print_guide(&database_url, &broker, &bridge, &archive);
+    print_analytics_guide(&analytics_config_for_guide, &analytics, &lake);
 
     if cli.taxis > 0 {
         let fleet = simulator::fleet::FleetArgs {
@@ -118,12 +128,45 @@ fn dev_pki(dir: &Path) -> anyhow::Result<()> {
         ("bridge", "bridge"),
         ("backoffice", "backoffice"),
         ("operator", "operator"),
+        ("analytics", "analytics"),
     ] {
         if !dir.join(format!("{id}.pem")).exists() {
             pki.issue_client(id, role, 365)?;
         }
     }
     Ok(())
+}
+
+/// The analytics layer's configuration on this platform: the same database, the broker
+/// started here, its lake in the archive's object store (embedded or configured).
+fn analytics_config(
+    cli: &Cli,
+    database_url: &str,
+    broker: &broker::RunningBroker,
+    bridge: &bridge::RunningBridge,
+    archive: &bridge::config::ArchiveConfig,
+) -> anyhow::Result<analytics::Config> {
+    let mut defaults = analytics::Config::default();
+    defaults.postgres.url = database_url.to_owned();
+    defaults.data_dir = cli.data.join("analytics");
+    defaults.mqtt.port = broker.mqtt_addr.port();
+    match &bridge.embedded_s3 {
+        Some(s3) => {
+            defaults.lake.endpoint = s3.endpoint.clone();
+            defaults.lake.access_key_id = s3.access_key_id.clone();
+            defaults.lake.secret_access_key = s3.secret_access_key.clone();
+        }
+        None => {
+            defaults.lake.endpoint = archive.endpoint.clone();
+            defaults.lake.region = archive.region.clone();
+            defaults.lake.access_key_id = archive.access_key_id.clone();
+            defaults.lake.secret_access_key = archive.secret_access_key.clone();
+        }
+    }
+    Ok(analytics::Config::load_with_defaults(
+        defaults,
+        cli.analytics_config.as_deref(),
+    )?)
 }
 
 fn print_guide(
@@ -194,4 +237,32 @@ Follow every order and its state:
 
 "
     )
+}
+
+/// Where the live windows, the daily aggregates and the lake are.
+fn print_analytics_guide(
+    config: &analytics::Config,
+    analytics: &analytics::RunningAnalytics,
+    lake: &analytics::lake::LakeConfig,
+) {
+    let mqtt = config.mqtt.port;
+    let topic = &config.mqtt.topic;
+    let database_url = &config.postgres.url;
+    println!(
+        "Analytics (metrics http://{http}/metrics):
+  live 10-second windows, fleet-wide and per H3 zone:
+  mosquitto_sub -h localhost -p {mqtt} --cafile {CERTS}/ca.pem --cert {CERTS}/operator.pem \\
+    --key {CERTS}/operator.key -i operator -V mqttv5 -t '{topic}'
+  psql {database_url} -c \"SELECT window_start, positions, taxis, round(avg_speed_kmh) FROM windows WHERE zone = 'fleet' ORDER BY window_start DESC LIMIT 6\"
+  daily aggregates (computed at start and every midnight, {tz}) and the Parquet lake ({endpoint}, s3://{bucket}/{prefix}/):
+  cargo run -q --release -p analytics -- sql 'SELECT dt, count(*) AS positions FROM positions GROUP BY dt ORDER BY dt'
+  cargo run -q --release -p analytics -- chart --out charts
+  cargo run -q --release -p analytics -- import yellow_tripdata_2015-01.csv.gz   # NYC TLC history
+",
+        http = analytics.http_addr,
+        tz = config.time_zone,
+        endpoint = lake.endpoint,
+        bucket = lake.bucket,
+        prefix = lake.prefix,
+    );
 }
