@@ -9,6 +9,8 @@
 //!   storage, one atomically published object per dataset and day; [`sql`] queries them.
 //! - [`db`]: PostgreSQL connections and this layer's migrations.
 
+#![recursion_limit = "256"]
+
 pub mod chart;
 pub mod config;
 pub mod daily;
