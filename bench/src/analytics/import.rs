@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
+use crate::ingest::database::Database;
 use anyhow::{Context, Result};
-use simulator::ingest::database::Database;
 
 use super::{duckdb, say, tlc};
 use crate::child;

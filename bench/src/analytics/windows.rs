@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::ingest::bridge::{BridgeSettings, BridgeUnderTest};
+use crate::ingest::database::Database;
+use crate::load::{self, Taxis, Timeline};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use simulator::ingest::bridge::{BridgeSettings, BridgeUnderTest};
-use simulator::ingest::database::Database;
-use simulator::load::{self, Taxis, Timeline};
 use simulator::pki::BenchPki;
 
 use super::say;
@@ -66,7 +66,7 @@ pub async fn run(args: &WindowsArgs) -> Result<WindowsResult> {
     );
     let database = Database::start().await?;
     let url = database.create("windows").await?;
-    let broker = simulator::target::start(&args.broker_bin, &pki, taxis + 200, 1).await?;
+    let broker = crate::target::start(&args.broker_bin, &pki, taxis + 200, 1).await?;
     let addr = broker.addr();
     let bridge = BridgeUnderTest::start(&BridgeSettings {
         broker_port: addr.port(),

@@ -1,10 +1,10 @@
-//! The `bench-bridge` report: the configuration, a table (metric | value | baseline |
+//! The `bench bridge` report: the configuration, a table (metric | value | baseline |
 //! ratio), the product's targets with what was reached, and where the CPU went.
 
 use std::fmt::Write as _;
 
 use super::{BridgeResult, CeilingResult, IngestArgs, IngestResults, NaiveResult};
-use crate::measure::CpuUse;
+use simulator::measure::CpuUse;
 
 /// Sustained positions per second the product asks for.
 pub const TARGET_RATE: f64 = 50_000.0;

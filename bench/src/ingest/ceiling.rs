@@ -19,9 +19,9 @@ use bridge::store::{Store, COPY_POSITIONS, POSITION_TYPES};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 
-use crate::measure;
-use crate::motion::{Walker, BERLIN};
-use crate::pki::taxi_id;
+use simulator::measure;
+use simulator::motion::{Walker, BERLIN};
+use simulator::pki::taxi_id;
 
 /// Rows written over some time.
 #[derive(Clone, Copy, Debug, Default)]

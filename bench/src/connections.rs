@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::limit::run_bounded;
-use crate::measure::{self, CpuMeter, CpuUse, Latency, LatencySummary};
-use crate::pki::Client;
 use crate::raw::RawConnection;
+use simulator::measure::{self, CpuMeter, CpuUse, Latency, LatencySummary};
+use simulator::pki::Client;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive of idle connections: far longer than the measurement.

@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::Result;
 use tokio::sync::mpsc;
 
-use crate::measure::{Latency, LatencySummary};
-use crate::taxi::{Observation, Observed};
+use simulator::measure::{Latency, LatencySummary};
+use simulator::taxi::{Observation, Observed};
 
 /// What a phase's orders did.
 #[derive(Clone, Debug, Default)]

@@ -157,7 +157,7 @@ impl Metrics {
     /// `GET /metrics` over plain HTTP/1.1, answer read within five seconds.
     pub async fn fetch(addr: SocketAddr) -> Result<Metrics> {
         let exchange = async {
-            let response = crate::http::client(0)?
+            let response = simulator::http::client(0)?
                 .get(format!("http://{addr}/metrics"))
                 .timeout(Duration::from_secs(5))
                 .send()

@@ -15,9 +15,9 @@ use rand::{Rng, SeedableRng};
 use rumqttc::{Event, Packet, QoS};
 
 use super::tracker::Tracker;
-use crate::client;
-use crate::measure::{self, Latency, LatencySummary};
-use crate::pki::Client;
+use simulator::client;
+use simulator::measure::{self, Latency, LatencySummary};
+use simulator::pki::Client;
 
 /// Orders are valid this long.
 const EXPIRES_IN_S: i64 = 60;
@@ -285,7 +285,7 @@ async fn api_worker(
     period: Option<Duration>,
     end: Instant,
 ) -> Result<(Sent, Latency)> {
-    let client = crate::http::client(1)?;
+    let client = simulator::http::client(1)?;
     let url = reqwest::Url::parse(&format!("http://{api}/v1/orders")).context("API URL")?;
     let authorization = format!("Bearer {token}");
     let mut report = Sent::default();

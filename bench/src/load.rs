@@ -13,11 +13,11 @@ use anyhow::{bail, Context, Result};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::{oneshot, watch};
 
-use crate::client;
 use crate::limit::run_bounded;
-use crate::measure::{self, Clock, CpuMeter, CpuUse, Latency, LatencySummary};
-use crate::motion::{Walker, BERLIN};
-use crate::pki::BenchPki;
+use simulator::client;
+use simulator::measure::{self, Clock, CpuMeter, CpuUse, Latency, LatencySummary};
+use simulator::motion::{Walker, BERLIN};
+use simulator::pki::BenchPki;
 
 /// Filter of the subscriber.
 pub const FILTER: &str = "taxi/+/position";
@@ -278,7 +278,7 @@ pub async fn run(
 /// returns the connections in the clients' order.
 pub async fn connect_taxis(
     addr: SocketAddr,
-    clients: &[crate::pki::Client],
+    clients: &[simulator::pki::Client],
 ) -> Result<Vec<(AsyncClient, EventLoop)>> {
     let host = addr.ip().to_string();
     let connected = run_bounded(clients.len(), CONNECT_CONCURRENCY, |i| {
@@ -565,7 +565,7 @@ struct Subscriber {
 impl Subscriber {
     /// Starts the thread; the returned receiver tells when the subscription is in place.
     fn start(
-        operator: crate::pki::Client,
+        operator: simulator::pki::Client,
         addr: SocketAddr,
         taxis: usize,
         timeline: oneshot::Receiver<Timeline>,
@@ -706,7 +706,7 @@ pub fn message_size(taxis: usize) -> (usize, usize) {
         heading_deg: Some(fix.heading_deg),
         accuracy_m: Some(fix.accuracy_m),
     });
-    let topic = format!("taxi/{}/position", crate::pki::taxi_id(taxis.max(1)));
+    let topic = format!("taxi/{}/position", simulator::pki::taxi_id(taxis.max(1)));
     let remaining = 2 + topic.len() + 2 + payload.len();
     let length_bytes = match remaining {
         0..=127 => 1,

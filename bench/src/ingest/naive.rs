@@ -14,10 +14,10 @@ use rumqttc::{Event, Packet, Publish};
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{Client as PgClient, Statement};
 
-use crate::client;
 use crate::load::FILTER;
-use crate::measure;
-use crate::pki::Client;
+use simulator::client;
+use simulator::measure;
+use simulator::pki::Client;
 
 const INSERT: &str = "INSERT INTO positions \
      (taxi_id, seq, ts, lat, lon, speed_kmh, heading_deg, accuracy_m, received_at) \

@@ -1,4 +1,4 @@
-//! `bench-dispatch`: how fast an order reaches its taxi, with 1,000 taxis connected and
+//! `bench dispatch`: how fast an order reaches its taxi, with 1,000 taxis connected and
 //! reporting positions. Measured in one run:
 //!
 //! 1. `mosquitto` (the baseline): Mosquitto with the same certificates and rules, the same
@@ -12,7 +12,7 @@
 //! 4. `api-throughput`: the API called back to back on several connections: orders accepted
 //!    per second.
 //!
-//! The taxis ([`crate::taxi`]) answer every order (`received`, `accepted`), so the platform
+//! The taxis ([`simulator::taxi`]) answer every order (`received`, `accepted`), so the platform
 //! also does its bookkeeping while it is measured. [`tracker`] matches sends and arrivals,
 //! [`senders`] drives the two ways in, [`report`] prints the table.
 
@@ -28,15 +28,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::sync::mpsc;
 
-use crate::bench::raise_open_files;
+use crate::brokers::raise_open_files;
 use crate::ingest::bridge::{BridgeSettings, BridgeUnderTest};
 use crate::ingest::database::{self, Database};
 use crate::ingest::{bounded, progress};
-use crate::pki::{BenchPki, Client};
 use crate::process::BrokerProcess;
-use crate::taxi::{self, Behaviour, Counters, SimulatedTaxi, TaxiSpec};
 use crate::{baseline, target};
 use senders::{Orders, Pace, Sent};
+use simulator::pki::{BenchPki, Client};
+use simulator::taxi::{self, Behaviour, Counters, SimulatedTaxi, TaxiSpec};
 use tracker::{Delivery, Tracker};
 
 /// A part of the benchmark.
@@ -52,7 +52,7 @@ pub enum DispatchPhase {
     ApiThroughput,
 }
 
-/// Everything `bench-dispatch` is told.
+/// Everything `bench dispatch` is told.
 #[derive(Clone, Debug)]
 pub struct DispatchArgs {
     /// Connected taxis, one connection each.
@@ -441,7 +441,7 @@ async fn ready(api: SocketAddr, token: &str, orders: Orders) -> Result<()> {
     orders
         .tracker
         .sent(orders.phase, &order_id, taxi, Instant::now())?;
-    let answer = crate::http::client(0)?
+    let answer = simulator::http::client(0)?
         .post(format!("http://{api}/v1/orders"))
         .bearer_auth(token)
         .json(&body)

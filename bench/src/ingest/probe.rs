@@ -19,10 +19,10 @@ use bridge::store::types::Timestamp;
 use rumqttc::QoS;
 use tokio::sync::{oneshot, watch};
 
-use crate::client;
-use crate::measure::{self, Clock, Latency, LatencySummary};
-use crate::motion::{Walker, BERLIN};
-use crate::pki::Client;
+use simulator::client;
+use simulator::measure::{self, Clock, Latency, LatencySummary};
+use simulator::motion::{Walker, BERLIN};
+use simulator::pki::Client;
 
 /// How often the probe publishes.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);

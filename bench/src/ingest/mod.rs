@@ -1,4 +1,4 @@
-//! `bench-bridge`: the ingest benchmark. Simulated taxis publish QoS 1 positions through the
+//! `bench bridge`: the ingest benchmark. Simulated taxis publish QoS 1 positions through the
 //! broker (a child process); the bridge (in this process, on its own runtime) stores them in a
 //! private PostgreSQL cluster and archives them through its embedded S3 server. Measured in
 //! one run, each phase on a database of its own:
@@ -27,10 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::sync::oneshot;
 
-use crate::bench::raise_open_files;
+use crate::brokers::raise_open_files;
 use crate::load::{self, Taxis, Timeline};
-use crate::measure::{CpuMeter, CpuUse, ThreadCpuMeter};
-use crate::pki::{BenchPki, Client};
 use crate::process::BrokerProcess;
 use crate::target;
 use bridge::{BridgeSettings, BridgeUnderTest, Metrics};
@@ -38,6 +36,8 @@ use ceiling::WriteRate;
 use database::Database;
 use naive::NaiveBridge;
 use probe::{Probe, ProbeReport, ProbeWindow};
+use simulator::measure::{CpuMeter, CpuUse, ThreadCpuMeter};
+use simulator::pki::{BenchPki, Client};
 
 /// A part of the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,7 +50,7 @@ pub enum IngestPhase {
     Naive,
 }
 
-/// Everything `bench-bridge` is told.
+/// Everything `bench bridge` is told.
 #[derive(Clone, Debug)]
 pub struct IngestArgs {
     /// Publishing taxis, one connection each.
@@ -452,7 +452,7 @@ async fn bridge_load(
     let own_meter = CpuMeter::start(std::process::id())?;
     let bridge_meter = ThreadsMeter::start(bridge::THREAD_NAME)?;
     let postgres_meter = database.cpu_meter()?;
-    let machine_start = crate::measure::machine_busy_time()?;
+    let machine_start = simulator::measure::machine_busy_time()?;
     let mut samples = vec![first];
     let mut tick = timeline.window_start;
     while tick < timeline.window_end {
@@ -480,7 +480,7 @@ async fn bridge_load(
     let bridge_cpu = bridge_meter.stop()?;
     let postgres_cpu = postgres_meter.stop()?;
     let machine_cpu = CpuUse {
-        cpu: crate::measure::machine_busy_time()?.saturating_sub(machine_start),
+        cpu: simulator::measure::machine_busy_time()?.saturating_sub(machine_start),
         wall: own_cpu.wall,
     };
     let per_second: Vec<f64> = samples
@@ -615,7 +615,7 @@ async fn drain(bridge: &BridgeUnderTest, taxis: &Taxis, probe: &Probe) -> Result
     const QUIET: Duration = Duration::from_secs(10);
     const LIMIT: Duration = Duration::from_secs(120);
     let started = Instant::now();
-    let machine_start = crate::measure::machine_busy_time()?;
+    let machine_start = simulator::measure::machine_busy_time()?;
     let committed = || async {
         anyhow::Ok(
             bridge
@@ -630,7 +630,11 @@ async fn drain(bridge: &BridgeUnderTest, taxis: &Taxis, probe: &Probe) -> Result
         let now = committed().await?;
         let expected = taxis.acked() + probe.published.load(std::sync::atomic::Ordering::Relaxed);
         if now != last.0 || now >= expected {
-            last = (now, Instant::now(), crate::measure::machine_busy_time()?);
+            last = (
+                now,
+                Instant::now(),
+                simulator::measure::machine_busy_time()?,
+            );
         }
         let caught_up = now >= expected;
         if caught_up || last.1.elapsed() >= QUIET || started.elapsed() >= LIMIT {
@@ -660,13 +664,13 @@ impl ThreadsMeter {
     fn start(prefix: &'static str) -> Result<ThreadsMeter> {
         Ok(ThreadsMeter {
             prefix,
-            start: crate::measure::threads_cpu_time(std::process::id(), prefix)?,
+            start: simulator::measure::threads_cpu_time(std::process::id(), prefix)?,
             wall_start: Instant::now(),
         })
     }
 
     fn stop(&self) -> Result<CpuUse> {
-        let now = crate::measure::threads_cpu_time(std::process::id(), self.prefix)?;
+        let now = simulator::measure::threads_cpu_time(std::process::id(), self.prefix)?;
         Ok(CpuUse {
             cpu: now.saturating_sub(self.start),
             wall: self.wall_start.elapsed(),

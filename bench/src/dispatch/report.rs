@@ -1,4 +1,4 @@
-//! The `bench-dispatch` report: the configuration, a table (metric | value | baseline |
+//! The `bench dispatch` report: the configuration, a table (metric | value | baseline |
 //! ratio) with each way in measured against its baseline, the product's target, what
 //! PostgreSQL recorded, and the errors.
 
@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{DispatchArgs, DispatchPhase, DispatchResults, PhaseResult};
 use crate::ingest::report::{table, thousands, Row};
-use crate::measure::LatencySummary;
+use simulator::measure::LatencySummary;
 
 /// Largest p99 from an API call to the taxi having the order the product accepts, in ms.
 pub const TARGET_P99_MS: f64 = 20.0;

@@ -11,7 +11,7 @@ use bridge::store::Store;
 use testkit::postgres::TestPostgres;
 use tokio_postgres::{Client, NoTls};
 
-use crate::measure::{self, CpuUse};
+use simulator::measure::{self, CpuUse};
 
 /// A private PostgreSQL cluster; stopped and removed on drop.
 pub struct Database {

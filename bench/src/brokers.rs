@@ -1,4 +1,4 @@
-//! `bench-broker`: the same three phases (throughput and latency, handshakes, idle memory)
+//! `bench broker`: the same three phases (throughput and latency, handshakes, idle memory)
 //! against our broker and against Mosquitto, on one machine with one set of certificates.
 //! Every phase gets a fresh broker process, so no phase inherits another's memory or state.
 
@@ -11,10 +11,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::connections;
 use crate::load::{self, LoadSpec};
-use crate::pki::BenchPki;
 use crate::process::BrokerProcess;
 use crate::report::{self, BenchConfig, SystemResult};
 use crate::{baseline, target};
+use simulator::pki::BenchPki;
 
 /// A broker to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +45,7 @@ pub enum Phase {
     Idle,
 }
 
-/// Everything `bench-broker` is told.
+/// Everything `bench broker` is told.
 #[derive(Clone, Debug)]
 pub struct BenchArgs {
     pub taxis: usize,
