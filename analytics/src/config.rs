@@ -134,12 +134,6 @@ impl Config {
         if self.id.trim().is_empty() {
             return Err(E::invalid("id", "must not be empty"));
         }
-        if self.postgres.url.trim().is_empty() {
-            return Err(E::invalid(
-                "postgres.url",
-                "must be set (or DATABASE_URL): the bridge's database",
-            ));
-        }
         if self.postgres.min_backoff_ms == 0
             || self.postgres.min_backoff_ms > self.postgres.max_backoff_ms
         {
@@ -161,6 +155,17 @@ impl Config {
         self.windows.validate()?;
         self.daily.validate()?;
         self.import.validate()?;
+        Ok(())
+    }
+
+    /// Checks that a database is configured: everything but `analytics sql` needs one.
+    pub fn require_database(&self) -> Result<(), service::ConfigError> {
+        if self.postgres.url.trim().is_empty() {
+            return Err(service::ConfigError::invalid(
+                "postgres.url",
+                "must be set (or DATABASE_URL): the bridge's database",
+            ));
+        }
         Ok(())
     }
 

@@ -38,6 +38,7 @@ pub struct RunningAnalytics {
 /// speed layer, the daily aggregation (catching up first), the operations port.
 pub async fn start(config: Config) -> anyhow::Result<RunningAnalytics> {
     service::ops::prometheus();
+    config.require_database()?;
     db::migrate(&config.postgres).await?;
     let config = Arc::new(config);
     import::start(config.clone()).await?;
