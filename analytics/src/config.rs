@@ -174,3 +174,55 @@ impl Config {
         jiff::tz::TimeZone::get(&self.time_zone).unwrap_or(jiff::tz::TimeZone::UTC)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_file() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/analytics.toml")
+    }
+
+    #[test]
+    fn the_documented_file_shows_every_default() {
+        let loaded = service::load(
+            Config::default(),
+            Some(&sample_file()),
+            "ANALYTICS_TEST_NONE_",
+            &[],
+        )
+        .expect("config/analytics.toml loads");
+        let loaded = serde_json::to_value(&loaded).expect("serializes");
+        let defaults = serde_json::to_value(Config::default()).expect("serializes");
+        assert_eq!(loaded, defaults);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("analytics.toml");
+        std::fs::write(&path, "[windows]\nlateness = 5\n").expect("written");
+        let error = Config::load(Some(&path)).expect_err("refused").to_string();
+        assert!(error.contains("lateness"), "{error}");
+        assert!(error.contains("analytics.toml"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_time_zone_is_named() {
+        let config = Config {
+            time_zone: "Mars/Olympus".to_owned(),
+            ..Config::default()
+        };
+        let error = config.validate().expect_err("refused").to_string();
+        assert!(error.contains("time_zone"), "{error}");
+    }
+
+    #[test]
+    fn commands_that_use_postgresql_need_its_url() {
+        let error = Config::default()
+            .require_database()
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("postgres.url"), "{error}");
+    }
+}
