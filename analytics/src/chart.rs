@@ -185,12 +185,15 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> anyh
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.1))
         .fold(0.0_f64, f64::max);
-    let y_top = if top > 0.0 { top * 1.08 } else { 1.0 };
+    // Headroom above the highest point, so that the legend (upper left) covers no line.
+    let y_top = if top > 0.0 { top * 1.25 } else { 1.0 };
     let small = y_top < 100.0;
 
     let mut plot = ChartBuilder::on(&root)
         .caption(&chart.title, (FAMILY, 30))
         .margin(24)
+        // Room for the half of the last date label that lies right of the axis' end.
+        .margin_right(64)
         .x_label_area_size(70)
         .y_label_area_size(110)
         .build_cartesian_2d(x_range, 0.0..y_top)
@@ -253,7 +256,7 @@ fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

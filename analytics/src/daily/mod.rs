@@ -164,10 +164,12 @@ pub async fn aggregate_nyc_days(config: &Config, days: &[Date]) -> anyhow::Resul
 mod tests {
     use super::*;
 
+    type Change = Box<dyn Fn(&mut DailyConfig)>;
+
     #[test]
     fn defaults_are_valid_and_bad_values_name_their_key() {
         DailyConfig::default().validate().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut DailyConfig)>)> = vec![
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "daily.late_rerun_s",
                 Box::new(|c| c.late_rerun_s = 23 * 3_600),
