@@ -13,12 +13,14 @@
 //! - [`archive`]: a bridge's raw archive read back from S3.
 //! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
 //! - [`dispatch`]: the orders API, taxis on their inbox, a broker restartable in place.
+//! - [`conformance`]: the Eclipse paho interoperability suite through an mTLS shim.
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
 
 pub mod archive;
 pub mod bridge_process;
 pub mod broker;
+pub mod conformance;
 pub mod dispatch;
 pub mod http;
 pub mod mosquitto;
