@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::SessionContext;
 use jiff::civil::Date;
 
@@ -34,20 +36,31 @@ pub async fn summarize(ctx: &SessionContext, day: Date) -> anyhow::Result<DaySum
         ),
     )
     .await?;
-    let (zone, taxi, n) = (
-        frames::utf8(&batches, "zone")?,
-        frames::utf8(&batches, "taxi_id")?,
-        frames::int64(&batches, "n")?,
-    );
-    let mut taxis = HashSet::new();
+    // Read in place: the pairs can be millions (taxis x zones) on a busy day.
+    let mut taxis: HashSet<String> = HashSet::new();
     let mut positions = 0;
-    for ((zone, taxi), n) in zone.into_iter().zip(taxi).zip(n) {
-        let n = n.unwrap_or(0);
-        let row = zone_row(&mut zones, zone.unwrap_or_default());
-        row.active_taxis = Some(row.active_taxis.unwrap_or(0) + 1);
-        row.positions = Some(row.positions.unwrap_or(0) + n);
-        positions += n;
-        taxis.insert(taxi.unwrap_or_default());
+    for batch in &batches {
+        let zone = frames::column(batch, "zone", &DataType::Utf8)?;
+        let taxi = frames::column(batch, "taxi_id", &DataType::Utf8)?;
+        let n = frames::column(batch, "n", &DataType::Int64)?;
+        let (zone, taxi, n) = (
+            zone.as_string::<i32>(),
+            taxi.as_string::<i32>(),
+            n.as_primitive::<Int64Type>(),
+        );
+        for i in 0..batch.num_rows() {
+            let n = if n.is_null(i) { 0 } else { n.value(i) };
+            let row = match zones.get_mut(zone.value(i)) {
+                Some(row) => row,
+                None => zone_row(&mut zones, zone.value(i).to_owned()),
+            };
+            row.active_taxis = Some(row.active_taxis.unwrap_or(0) + 1);
+            row.positions = Some(row.positions.unwrap_or(0) + n);
+            positions += n;
+            if !taxis.contains(taxi.value(i)) {
+                taxis.insert(taxi.value(i).to_owned());
+            }
+        }
     }
     totals.active_taxis = Some(taxis.len() as i64);
     totals.positions = Some(positions);

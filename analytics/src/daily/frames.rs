@@ -20,7 +20,8 @@ pub(crate) async fn query(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec
         .with_context(|| format!("lake: running {sql}"))
 }
 
-fn column(batch: &RecordBatch, name: &str, to: &DataType) -> anyhow::Result<ArrayRef> {
+/// Column `name` of one batch, cast to `to` (a no-op when it already is).
+pub(crate) fn column(batch: &RecordBatch, name: &str, to: &DataType) -> anyhow::Result<ArrayRef> {
     let array = batch
         .column_by_name(name)
         .ok_or_else(|| anyhow!("lake: the query has no column {name}"))?;
