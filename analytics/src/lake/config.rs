@@ -75,9 +75,8 @@ impl LakeConfig {
             ));
         }
         let endpoint = self.endpoint.trim();
-        if !endpoint.is_empty()
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
+        let has_scheme = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !has_scheme {
             return Err(E::invalid(
                 "lake.endpoint",
                 format!("{endpoint:?} must start with http:// or https:// (or be empty: AWS)"),
@@ -146,7 +145,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_name_their_key() {
         LakeConfig::default().validate().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut LakeConfig)>)> = vec![
+        type Change = Box<dyn Fn(&mut LakeConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("lake.bucket", Box::new(|c| c.bucket = "Bad_Bucket".into())),
             (
                 "lake.endpoint",

@@ -13,6 +13,7 @@
 
 mod config;
 pub mod export;
+mod named_parquet;
 mod publish;
 pub mod schema;
 mod session;

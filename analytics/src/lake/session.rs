@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arrow::datatypes::DataType;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use super::named_parquet::NamedParquet;
 use super::schema;
 use super::store::Store;
 
@@ -31,7 +31,7 @@ pub(crate) async fn session(store: &Store) -> anyhow::Result<SessionContext> {
         let url = format!("{}/{}/", store.bucket_url(), store.dataset_prefix(dataset));
         let table_url = ListingTableUrl::parse(&url)
             .with_context(|| format!("lake: {url} is not a valid table URL"))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        let options = ListingOptions::new(Arc::new(NamedParquet::new(store.bucket_url())))
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![("dt".to_owned(), DataType::Date32)]);
         let file_schema = schema::of(dataset)
