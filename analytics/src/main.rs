@@ -74,7 +74,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { files, zones } => {
             analytics::db::migrate(&config.postgres).await?;
-            analytics::import::import_files(&config, &files, zones.as_deref()).await
+            let summaries =
+                analytics::import::import_files(&config, &files, zones.as_deref()).await?;
+            analytics::import::all_imported(&summaries)
         }
         Command::Aggregate { from, to } => {
             let from = parse_day("--from", &from)?;
