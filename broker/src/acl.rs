@@ -52,7 +52,12 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
             "backoffice".to_owned(),
             RoleRules {
                 publish: list(&["taxi/+/inbox"]),
-                subscribe: list(&["taxi/+/ack", "taxi/+/status", "backoffice/invoices"]),
+                subscribe: list(&[
+                    "taxi/+/ack",
+                    "taxi/+/status",
+                    "backoffice/invoices",
+                    "analytics/windows",
+                ]),
                 shared: false,
                 client_id_suffix: false,
             },
@@ -61,9 +66,18 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
             "operator".to_owned(),
             RoleRules {
                 publish: Vec::new(),
-                subscribe: list(&["taxi/#", "backoffice/#"]),
+                subscribe: list(&["taxi/#", "backoffice/#", "analytics/#"]),
                 shared: false,
                 client_id_suffix: false,
+            },
+        ),
+        (
+            "analytics".to_owned(),
+            RoleRules {
+                publish: list(&["analytics/windows"]),
+                subscribe: Vec::new(),
+                shared: false,
+                client_id_suffix: true,
             },
         ),
         (

@@ -17,6 +17,7 @@
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
 
+pub mod analytics_process;
 pub mod archive;
 pub mod bridge_process;
 pub mod broker;
