@@ -483,11 +483,11 @@ async fn publish_step(taxis: &mut [Taxi], step: u64, published: &mut Published) 
     for (n, taxi) in taxis.iter_mut().enumerate() {
         let n64 = n as u64;
         let place = if n % 2 == 0 { ALEX } else { GATE };
-        let speed = (step % 5 != 0).then_some(((step * 7 + n64 * 13) % 90) as f32);
+        let speed = (!step.is_multiple_of(5)).then_some(((step * 7 + n64 * 13) % 90) as f32);
         taxi.publish("position", &position(step * 2, now, place, speed))
             .await?;
         published.positions += 1;
-        if step % 10 == 0 && n64 == step / 10 % 4 {
+        if step.is_multiple_of(10) && n64 == step / 10 % 4 {
             let late = position(step * 2 + 1, now - 4_000, place, Some(1.0));
             taxi.publish("position", &late).await?;
             published.positions += 1;
