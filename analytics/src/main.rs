@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(about = "Live windows, daily aggregates, historical trip imports and SQL over the Parquet lake")]
+#[command(
+    about = "Live windows, daily aggregates, historical trip imports and SQL over the Parquet lake"
+)]
 struct Cli {
     /// TOML configuration file; every key has a default. `ANALYTICS_*` variables and
     /// `DATABASE_URL` override it.
@@ -29,6 +31,9 @@ enum Command {
         /// The TLC taxi zone lookup table (taxi_zone_lookup.csv), joined to zone ids.
         #[arg(long)]
         zones: Option<PathBuf>,
+        /// Import only: leave the days' aggregates to the next start or `analytics aggregate`.
+        #[arg(long)]
+        no_aggregate: bool,
     },
     /// Recomputes the daily aggregates (and republishes the lake's days) of [FROM, TO].
     Aggregate {
@@ -67,15 +72,26 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = analytics::Config::load(cli.config.as_deref())?;
+    if !matches!(cli.command, Command::Sql { .. }) {
+        config.require_database()?;
+    }
     match cli.command {
         Command::Run => {
             let _running = analytics::start(config).await?;
             service::process::stopped().await
         }
-        Command::Import { files, zones } => {
+        Command::Import {
+            files,
+            zones,
+            no_aggregate,
+        } => {
             analytics::db::migrate(&config.postgres).await?;
             let summaries =
                 analytics::import::import_files(&config, &files, zones.as_deref()).await?;
+            let days = analytics::import::touched_days(&summaries);
+            if !no_aggregate && !days.is_empty() {
+                analytics::daily::aggregate_nyc_days(&config, &days).await?;
+            }
             analytics::import::all_imported(&summaries)
         }
         Command::Aggregate { from, to } => {

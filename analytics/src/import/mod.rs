@@ -126,6 +126,12 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<()> {
                     days = days.len(),
                     "configured imports done"
                 );
+                // The daily schedule catches up on NYC days only at start: aggregate these now.
+                if config.daily.enabled && !days.is_empty() {
+                    if let Err(e) = crate::daily::aggregate_nyc_days(&config, &days).await {
+                        tracing::error!(error = %format!("{e:#}"), "aggregating the imported days failed; `analytics aggregate` runs them again");
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "the configured imports did not run")

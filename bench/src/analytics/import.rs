@@ -72,6 +72,7 @@ pub async fn run(rows: u64) -> Result<Vec<ImportRun>> {
         let mut command = Command::new(&binary);
         command
             .arg("import")
+            .arg("--no-aggregate")
             .arg(&csv)
             .env("DATABASE_URL", &url)
             .env("ANALYTICS_DATA_DIR", dir.path().join("analytics"))
