@@ -14,12 +14,12 @@ use anyhow::{ensure, Context, Result};
 use bridge::store::types::Timestamp;
 use serde_json::{json, Value};
 use tests::analytics_process::{analytics_config, AnalyticsProcess};
-use tests::dispatch::DispatchApi;
 use tests::dispatch::{
-    answer, dispatch_config, inbox_taxi, next_new_inbox, wait_dispatch_subscribed,
+    answer, dispatch_config, inbox_taxi, next_new_inbox, wait_dispatch_subscribed, DispatchApi,
+    RestartableBroker,
 };
 use tests::platform::{bounded, eventually, Db, Platform, Progress, Taxi, ARRIVAL};
-use tests::unix_ms;
+use tests::{unix_ms, TestPki};
 
 /// Upper bound of one test.
 const LIMIT: Duration = Duration::from_secs(150);
@@ -691,6 +691,95 @@ async fn orders_sent_and_accepted_are_counted_in_their_windows() -> Result<()> {
                 .filter(|(_, row)| row.zone != "fleet")
                 .all(|(_, row)| row.orders_sent == 0 && row.orders_accepted == 0),
             "orders in a zone row: {rows:#?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// `windows_progress.published_until`, ms.
+async fn published_until(db: &Db) -> Result<i64> {
+    let (published,): (Timestamp,) = db
+        .row("SELECT published_until FROM windows_progress", &[])
+        .await?;
+    Ok(published.ms())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_keep_closing_while_the_broker_is_down_and_are_published_when_it_is_back(
+) -> Result<()> {
+    bounded(LIMIT, async {
+        let pki = TestPki::new()?;
+        let (mut broker, running) = RestartableBroker::start(&pki)?;
+        let platform = Platform::with_broker(pki, running).await?;
+        let config = platform.bridge_config("b1", platform.embedded_archive("s3-b1"));
+        let _bridge = platform.start_bridge(&config).await?;
+        platform.wait_until_consuming().await?;
+        let analytics = platform_analytics(&platform).await?;
+        let url = platform.database_url();
+        let db = platform.db().await?;
+        let (first, ..) = progress(&db).await?.context("no progress")?;
+        eventually("a first window published", ARRIVAL, || async {
+            let published = published_until(&db).await?;
+            Ok(if published > first {
+                Progress::Done(())
+            } else {
+                Progress::Waiting(format!("published until {published}"))
+            })
+        })
+        .await?;
+
+        broker.stop();
+        let published_before = published_until(&db).await?;
+        let sent_before = analytics
+            .metric("analytics_windows_published_total")
+            .await?;
+        let (_, closed_before, ..) = progress(&db).await?.context("no progress")?;
+        // Two more windows are closed into PostgreSQL, none is published.
+        wait_for_progress(&url, "two windows closed without the broker", |p| {
+            p.1 >= closed_before + 2 * LENGTH_MS
+        })
+        .await?;
+        ensure!(
+            published_until(&db).await? == published_before,
+            "published while the broker was down"
+        );
+
+        let _broker = broker.restart(&platform.pki)?;
+        let (_, closed, ..) = progress(&db).await?.context("no progress")?;
+        eventually("the missed windows published", ARRIVAL, || async {
+            let published = published_until(&db).await?;
+            Ok(if published >= closed {
+                Progress::Done(())
+            } else {
+                Progress::Waiting(format!("published until {published}, closed {closed}"))
+            })
+        })
+        .await?;
+        let sent = analytics
+            .metric("analytics_windows_published_total")
+            .await?
+            - sent_before;
+        let missed = (closed - published_before) / LENGTH_MS;
+        ensure!(
+            sent >= missed as f64,
+            "{sent} windows published for {missed} missed"
+        );
+
+        // The latest window is retained: an operator subscribing now gets it at once.
+        let operator_cert = platform.pki.client("operator", "operator")?;
+        let mut operator = platform
+            .broker
+            .mosquitto_sub(&operator_cert)
+            .topic(TOPIC)
+            .qos(1)
+            .spawn()?;
+        let latest = operator.expect_message(TOPIC).await?;
+        let latest: Value = serde_json::from_str(&latest).context("not JSON")?;
+        let start = latest["window_start_ms"].as_i64().unwrap_or(0);
+        ensure!(
+            start >= closed - LENGTH_MS,
+            "the retained window starts at {start}, the last closed one ended at {closed}"
         );
         Ok(())
     })
