@@ -41,6 +41,13 @@ pub struct MqttConfig {
     /// A write to a client must complete within this time (and within 1.5 times the client's
     /// keep-alive), or the client is taken for gone and disconnected.
     pub write_timeout_ms: u64,
+    /// Longest keep-alive a client may use, in seconds; 0: no limit. An MQTT 5 client asking
+    /// for more (or for none) is told this value (Server Keep Alive); an MQTT 3.1.1 client
+    /// asking for more is refused.
+    pub max_keep_alive_s: u16,
+    /// Topic aliases an MQTT 5 client may define on its connection (0: none). The broker
+    /// resolves them and authorizes the resolved topic.
+    pub max_topic_alias: u16,
 }
 
 /// Certificates: the broker's own, the CAs that sign client certificates, and the CRL.
@@ -97,6 +104,8 @@ impl Default for Config {
                 connect_timeout_ms: 10_000,
                 max_packet_size: 256 * 1024,
                 write_timeout_ms: 30_000,
+                max_keep_alive_s: 0,
+                max_topic_alias: 10,
             },
             tls: TlsConfig {
                 server_cert: dev.join("server.pem"),

@@ -11,7 +11,8 @@
 //! - [`connection`]: MQTT 3.1.1/5 framing over the TLS stream.
 //! - [`acl`]: per-role publish/subscribe patterns.
 //! - [`expiry`]: inbox orders past their `expires_ms` are never delivered.
-//! - [`registry`]: live sessions by id (takeover, revocation).
+//! - [`registry`]: live sessions by id (takeover, revocation), wills waiting for their delay.
+//! - [`publisher`]: the broker's own messages (status, wills) through its own router link.
 //! - [`http`]: `/metrics` and `/health`.
 //! - [`pki`]: certificate authority tooling for development and tests.
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod identity;
 pub mod listener;
 pub mod pki;
+pub mod publisher;
 pub mod registry;
 pub mod session;
 pub mod tls;
@@ -36,17 +38,35 @@ use rumqttd::{Notification, Router};
 use tokio::net::TcpListener;
 
 pub use config::Config;
+use publisher::Publisher;
 use registry::Registry;
 
-/// Attaches a client to the router: `(client id, clean session)` to its link.
-pub type LinkFactory =
-    Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync>;
+/// How a client's session attaches to the router.
+#[derive(Clone, Debug)]
+pub struct LinkOptions {
+    pub client_id: String,
+    /// Discard a saved session of this client id (MQTT 3.1.1: clean session).
+    pub clean_start: bool,
+    /// Seconds the session outlives the connection: 0 none, `u32::MAX` no limit.
+    pub session_expiry: u32,
+    /// The client's Receive Maximum: QoS 1 and 2 messages in flight to it at most.
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size: larger messages are not sent to it.
+    pub max_packet_size: Option<usize>,
+}
+
+/// Attaches a client to the router.
+pub type LinkFactory = Arc<
+    dyn Fn(&LinkOptions) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync,
+>;
 
 /// What every session shares.
 pub struct Shared {
     pub config: Config,
     pub registry: Registry,
     pub links: LinkFactory,
+    /// Publishes the status topics and the wills.
+    pub publisher: Publisher,
 }
 
 /// A started broker.
@@ -85,9 +105,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
             }
         }
     });
-    let links: LinkFactory = Arc::new(move |client_id: &str, clean_session: bool| {
-        LinkBuilder::new(client_id, router_tx.clone())
-            .clean_session(clean_session)
+    let own_router = router_tx.clone();
+    let (own_tx, own_rx, _) = tokio::task::spawn_blocking(move || {
+        LinkBuilder::new(publisher::CLIENT_ID, own_router)
+            .build()
+            .map_err(|e| anyhow::anyhow!("attaching the broker's own link to the router: {e}"))
+    })
+    .await??;
+    let publisher = Publisher::start(own_tx, own_rx);
+    let links: LinkFactory = Arc::new(move |options: &LinkOptions| {
+        LinkBuilder::new(&options.client_id, router_tx.clone())
+            .clean_session(options.clean_start)
+            .session_expiry(options.session_expiry)
+            .max_inflight(options.receive_maximum)
+            .max_packet_size(options.max_packet_size)
             .topic_alias_max(0)
             .build()
             .map_err(Box::new)
@@ -97,6 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         config: config.clone(),
         registry: Registry::default(),
         links,
+        publisher,
     });
 
     let revocations = shared.clone();

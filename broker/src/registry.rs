@@ -3,13 +3,17 @@
 //! When a client connects with an id that already has a session, the old session is told to
 //! stop and the new one waits until the old one has left the router, so that a persistent
 //! session is handed over whole and the status topic ends with the newest state.
+//!
+//! It also holds the last wills waiting for their delay (MQTT 5 will delay interval): a new
+//! connection with the same client id cancels its will (or, with a clean start, which ends
+//! the old session, has it published at once).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 /// Why a session was asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +32,22 @@ struct Entry {
     finished: watch::Receiver<bool>,
 }
 
+/// What becomes of a will waiting for its delay when its client comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WillFate {
+    /// The client resumed its session: the will is dropped.
+    Cancelled,
+    /// The client started a clean session, which ends the old one: the will goes out now.
+    PublishNow,
+}
+
 /// All live sessions.
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Entry>>,
     generations: AtomicU64,
+    /// Wills waiting for their delay, by client id.
+    wills: Mutex<HashMap<String, (u64, oneshot::Sender<WillFate>)>>,
 }
 
 /// A session's membership in the registry.
@@ -72,7 +87,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Registry {
     /// Registers a new session for `client_id`, stopping any older one and waiting (at most
     /// `wait`) until it has finished.
-    pub async fn register(&self, client_id: &str, serial: &[u8], wait: Duration) -> Registration {
+    /// A will waiting for its delay is cancelled, or published now if `clean_start`.
+    pub async fn register(
+        &self,
+        client_id: &str,
+        serial: &[u8],
+        wait: Duration,
+        clean_start: bool,
+    ) -> Registration {
+        if let Some((_, will)) = lock(&self.wills).remove(client_id) {
+            let fate = if clean_start {
+                WillFate::PublishNow
+            } else {
+                WillFate::Cancelled
+            };
+            let _ = will.send(fate);
+        }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let (finished_tx, finished_rx) = watch::channel(false);
         let stop = Arc::new(Notify::new());
@@ -129,6 +159,30 @@ impl Registry {
             }
         }
         stopped
+    }
+
+    /// Holds a will of `client_id` until its delay is over: the receiver learns if the client
+    /// comes back first. `token` identifies this will for [`Registry::will_done`].
+    pub fn defer_will(&self, client_id: &str, token: u64) -> oneshot::Receiver<WillFate> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.wills).insert(client_id.to_owned(), (token, tx));
+        rx
+    }
+
+    /// Forgets the will `token` of `client_id` as its delay is over; false if a connection of
+    /// that client id has taken it first (and told it what becomes of it).
+    pub fn will_done(&self, client_id: &str, token: u64) -> bool {
+        let mut wills = lock(&self.wills);
+        if wills.get(client_id).is_some_and(|(t, _)| *t == token) {
+            wills.remove(client_id);
+            return true;
+        }
+        false
+    }
+
+    /// A number for a deferred will, unique in this process.
+    pub fn next_token(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Number of live sessions.

@@ -1,23 +1,27 @@
 //! One authenticated client from CONNECT to the end: the authorization front of the router.
 //!
-//! Reads the CONNECT, checks that the client id is the certificate's id and that the last
+//! Reads the CONNECT, checks that the client id is the certificate's id (an empty one becomes
+//! the certificate's id, returned as Assigned Client Identifier in MQTT 5) and that the last
 //! will is a topic the client may publish, then attaches the client to rumqttd's router
-//! through an in-process link. Every packet from the client passes through here: PUBLISH
-//! topics and SUBSCRIBE filters are checked against the role's rules before the router sees
-//! them, so no path into the router bypasses authorization. Packets from the router are
+//! through an in-process link, with its MQTT 5 session expiry, Receive Maximum and Maximum
+//! Packet Size. Every packet from the client passes through here: topic aliases are resolved,
+//! PUBLISH topics and SUBSCRIBE filters are checked against the role's rules before the router
+//! sees them, so no path into the router bypasses authorization. Packets from the router are
 //! written back to the client. The broker itself publishes the client's retained status and
-//! its last will.
+//! its last will (after the will delay, unless the client comes back first).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectProperties, DisconnectReasonCode, Filter,
-    LastWill, Packet, PingResp, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
+    DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet, PingResp,
+    PublishProperties, SubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,10 +30,11 @@ use tracing::{debug, info, warn};
 
 use crate::acl::ClientRules;
 use crate::connection::{Connection, ReadError, Version};
-use crate::expiry;
 use crate::identity::Identity;
-use crate::registry::StopReason;
-use crate::Shared;
+use crate::publisher::Message;
+use crate::registry::{StopReason, WillFate};
+use crate::expiry;
+use crate::{LinkOptions, Shared};
 
 /// Notifications written to the client in one go before flushing.
 const WRITE_BATCH: usize = 256;
@@ -43,6 +48,8 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 enum End {
     /// The client sent DISCONNECT: no will.
     ClientDisconnected,
+    /// The client sent DISCONNECT asking for its will (MQTT 5 reason code 0x04).
+    ClientDisconnectedWithWill,
     /// The connection failed or timed out.
     Network(ReadError),
     /// The client broke a rule or the protocol and was disconnected.
@@ -64,7 +71,7 @@ where
     let first = conn
         .read_packet(Some(Instant::now() + connect_timeout))
         .await;
-    let Ok(Packet::Connect(connect, _props, will, _will_props, _login)) = first else {
+    let Ok(Packet::Connect(connect, props, will, will_props, _login)) = first else {
         let reason = match first {
             Err(ReadError::Timeout) => "connect_timeout",
             _ => "no_connect",
@@ -75,22 +82,107 @@ where
     };
 
     let Some(rules) = shared.config.acl.get(&identity.role) else {
-        return refuse_connect(conn, &identity, "unknown_role", "role has no rules").await;
+        return refuse_connect(
+            conn,
+            &identity,
+            "unknown_role",
+            "role has no rules",
+            ConnectReturnCode::NotAuthorized,
+        )
+        .await;
     };
-    if !rules.accepts_client_id(&identity.id, &connect.client_id) {
+    let version = conn.version().unwrap_or(Version::V311);
+
+    // An empty client id is the certificate's id. MQTT 3.1.1 allows it only with a clean
+    // session (3.1.3-7); MQTT 5 returns it as the Assigned Client Identifier.
+    let assigned = connect.client_id.is_empty();
+    let client_id = if assigned {
+        if version == Version::V311 && !connect.clean_session {
+            return refuse_connect(
+                conn,
+                &identity,
+                "client_id_empty",
+                "empty client id without a clean session",
+                ConnectReturnCode::ClientIdentifierNotValid,
+            )
+            .await;
+        }
+        identity.id.clone()
+    } else if rules.accepts_client_id(&identity.id, &connect.client_id) {
+        connect.client_id.clone()
+    } else {
         warn!(
             certificate_id = identity.id,
             client_id = connect.client_id,
             "refused: client id differs from the certificate"
         );
-        return refuse_connect(conn, &identity, "client_id_mismatch", "client id mismatch").await;
+        return refuse_connect(
+            conn,
+            &identity,
+            "client_id_mismatch",
+            "client id mismatch",
+            ConnectReturnCode::NotAuthorized,
+        )
+        .await;
+    };
+
+    // The keep-alive cap: MQTT 5 clients are told (Server Keep Alive), MQTT 3.1.1 clients
+    // cannot be and are refused if they ask for more.
+    let cap = shared.config.mqtt.max_keep_alive_s;
+    let mut keep_alive_s = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if cap > 0 && (keep_alive_s == 0 || keep_alive_s > cap) {
+        if version == Version::V5 {
+            keep_alive_s = cap;
+            server_keep_alive = Some(cap);
+        } else if keep_alive_s > cap {
+            return refuse_connect(
+                conn,
+                &identity,
+                "keep_alive_too_long",
+                "keep-alive longer than mqtt.max_keep_alive_s",
+                ConnectReturnCode::ClientIdentifierNotValid,
+            )
+            .await;
+        }
     }
+
+    // How long the session outlives the connection, and what the client can take.
+    let session_expiry = match version {
+        Version::V311 if connect.clean_session => 0,
+        Version::V311 => u32::MAX,
+        Version::V5 => props
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+            .unwrap_or(0),
+    };
+    let options = LinkOptions {
+        client_id: client_id.clone(),
+        clean_start: connect.clean_session,
+        session_expiry,
+        receive_maximum: props
+            .as_ref()
+            .and_then(|p| p.receive_maximum)
+            .unwrap_or(u16::MAX),
+        max_packet_size: props
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .and_then(|max| usize::try_from(max).ok()),
+    };
+
     let will = match will {
         Some(will) => match std::str::from_utf8(&will.topic) {
             Ok(topic) if rules.may_publish(&identity.id, topic) => Some(will),
             _ => {
                 refusal("will", &identity, &String::from_utf8_lossy(&will.topic));
-                return refuse_connect(conn, &identity, "will_refused", "last will refused").await;
+                return refuse_connect(
+                    conn,
+                    &identity,
+                    "will_refused",
+                    "last will refused",
+                    ConnectReturnCode::NotAuthorized,
+                )
+                .await;
             }
         },
         None => None,
@@ -98,21 +190,31 @@ where
 
     let registration = shared
         .registry
-        .register(&connect.client_id, &identity.serial, TAKEOVER_WAIT)
+        .register(
+            &client_id,
+            &identity.serial,
+            TAKEOVER_WAIT,
+            connect.clean_session,
+        )
         .await;
 
     let links = shared.links.clone();
-    let client_id = connect.client_id.clone();
-    let clean_session = connect.clean_session;
-    let attach = tokio::task::spawn_blocking(move || links(&client_id, clean_session));
+    let attach = tokio::task::spawn_blocking(move || links(&options));
     let built = match tokio::time::timeout(ATTACH_TIMEOUT, attach).await {
         Ok(built) => built,
         Err(_) => {
             warn!(id = identity.id, "the router did not answer");
             shared
                 .registry
-                .unregister(&connect.client_id, registration.generation);
-            return refuse_connect(conn, &identity, "router_full", "server unavailable").await;
+                .unregister(&client_id, registration.generation);
+            return refuse_connect(
+                conn,
+                &identity,
+                "router_full",
+                "server unavailable",
+                ConnectReturnCode::ServiceUnavailable,
+            )
+            .await;
         }
     };
     let (link_tx, link_rx, connack) = match built {
@@ -121,45 +223,57 @@ where
             warn!(id = identity.id, error = %e, "router refused the connection");
             shared
                 .registry
-                .unregister(&connect.client_id, registration.generation);
-            return refuse_connect(conn, &identity, "router_full", "server unavailable").await;
+                .unregister(&client_id, registration.generation);
+            return refuse_connect(
+                conn,
+                &identity,
+                "router_full",
+                "server unavailable",
+                ConnectReturnCode::ServiceUnavailable,
+            )
+            .await;
         }
         Err(e) => {
             warn!(id = identity.id, error = %e, "attaching to the router failed");
             shared
                 .registry
-                .unregister(&connect.client_id, registration.generation);
+                .unregister(&client_id, registration.generation);
             return;
         }
     };
 
-    // The router's CONNACK offers topic aliases; aliases would hide the topic from
-    // authorization, so the offer is withdrawn (absent means none, MQTT 5 3.2.2.3.8).
-    let Some(Packet::ConnAck(ack, mut props)) = Option::<Packet>::from(connack) else {
+    // The CONNACK's MQTT 5 properties are the front's: the router's topic-alias offer is
+    // replaced by the aliases the front resolves itself.
+    let Some(Packet::ConnAck(ack, router_props)) = Option::<Packet>::from(connack) else {
         warn!(id = identity.id, "router answered without a CONNACK");
         return;
     };
-    if let Some(props) = props.as_mut() {
-        props.topic_alias_max = None;
-        props.max_packet_size = u32::try_from(shared.config.mqtt.max_packet_size).ok();
-    }
-    if conn.version() == Some(Version::V311) {
-        props = None;
-    }
-
+    let max_topic_alias = shared.config.mqtt.max_topic_alias;
+    let props = match version {
+        Version::V311 => None,
+        Version::V5 => Some(ConnAckProperties {
+            topic_alias_max: (max_topic_alias > 0).then_some(max_topic_alias),
+            max_packet_size: u32::try_from(shared.config.mqtt.max_packet_size).ok(),
+            assigned_client_identifier: assigned.then(|| client_id.clone()),
+            server_keep_alive,
+            ..router_props.unwrap_or_default()
+        }),
+    };
     metrics::gauge!("broker_sessions").increment(1.0);
     info!(
         id = identity.id,
+        client_id,
         role = identity.role,
         %peer,
-        clean_session,
+        clean_session = connect.clean_session,
+        session_expiry,
         session_present = ack.session_present,
         "connected"
     );
 
     let publishes_status = shared.config.status.roles.contains(&identity.role);
-    let keep_alive = (connect.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let keep_alive =
+        (keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500));
     // A client that reads nothing for its keep-alive time is as gone as one that sends nothing.
     if let Some(keep_alive) = keep_alive {
         conn.set_write_timeout(keep_alive.min(write_timeout));
@@ -175,22 +289,29 @@ where
         keep_alive,
         publishes_status,
         counters: Counters::new(),
+        version,
+        aliases: HashMap::new(),
+        max_topic_alias,
+        connect_session_expiry: session_expiry,
+        session_expiry,
     };
     let written = session.conn.write_packet(Packet::ConnAck(ack, props)).await;
     if session.publishes_status {
-        session.publish_status("online").await;
+        shared
+            .publisher
+            .status(&session.identity.id, "online", unix_ms());
     }
     let end = match written {
         Ok(()) => session.serve(&registration).await,
         Err(e) => End::Network(ReadError::Io(e)),
     };
     session
-        .close(end, will, &connect.client_id, registration.generation)
+        .close(end, will, will_props, &client_id, registration.generation)
         .await;
     registration.finish();
     shared
         .registry
-        .unregister(&connect.client_id, registration.generation);
+        .unregister(&client_id, registration.generation);
     metrics::gauge!("broker_sessions").decrement(1.0);
 }
 
@@ -210,12 +331,13 @@ fn refusal(kind: &'static str, identity: &Identity, topic: &str) {
         .increment(1);
 }
 
-/// Answers the CONNECT with "not authorized" (or "server unavailable") and closes.
+/// Answers the CONNECT with a refusal and closes.
 async fn refuse_connect<S>(
     mut conn: Connection<S>,
     identity: &Identity,
     reason: &'static str,
     what: &str,
+    code: ConnectReturnCode,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -226,11 +348,6 @@ async fn refuse_connect<S>(
         reason = what,
         "CONNECT refused"
     );
-    let code = if reason == "router_full" {
-        ConnectReturnCode::ServiceUnavailable
-    } else {
-        ConnectReturnCode::NotAuthorized
-    };
     let ack = ConnAck {
         session_present: false,
         code,
@@ -252,6 +369,14 @@ struct Session<S> {
     keep_alive: Option<Duration>,
     publishes_status: bool,
     counters: Counters,
+    version: Version,
+    /// The client's topic aliases (MQTT 5), for this connection only.
+    aliases: HashMap<u16, Bytes>,
+    max_topic_alias: u16,
+    /// The session expiry the client connected with, and the current one (its DISCONNECT
+    /// may change it).
+    connect_session_expiry: u32,
+    session_expiry: u32,
 }
 
 /// Per-message counters, looked up once per session.
@@ -346,10 +471,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         forward: &mut Vec<Packet>,
     ) -> Result<(), End> {
         match packet {
-            Packet::Publish(publish, props) => {
-                let aliased = props.as_ref().is_some_and(|p| p.topic_alias.is_some());
+            Packet::Publish(mut publish, mut props) => {
+                // A topic alias is resolved here, so that the resolved topic is the one
+                // authorized; the router never sees aliases.
+                if let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) {
+                    self.resolve_alias(alias, &mut publish.topic)?;
+                }
                 let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
-                if aliased || !self.rules.may_publish(topic) {
+                if !self.rules.may_publish(topic) {
                     refusal("publish", &self.identity, topic);
                     self.send_disconnect(DisconnectReasonCode::NotAuthorized);
                     return Err(End::Refused(format!("publish to {topic:?}")));
@@ -388,7 +517,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             Packet::PingReq(_) => self.buffer(Packet::PingResp(PingResp))?,
-            Packet::Disconnect(..) => return Err(End::ClientDisconnected),
+            Packet::Disconnect(disconnect, props) => {
+                // MQTT 5: the client may change its session expiry as it leaves, but not
+                // from none to some (3.14.2.2.2).
+                if let Some(expiry) = props.and_then(|p| p.session_expiry_interval) {
+                    if self.connect_session_expiry > 0 {
+                        self.session_expiry = expiry;
+                    }
+                }
+                if disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+                    return Err(End::ClientDisconnectedWithWill);
+                }
+                return Err(End::ClientDisconnected);
+            }
             packet @ (Packet::PubAck(..)
             | Packet::PubRec(..)
             | Packet::PubRel(..)
@@ -398,6 +539,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.send_disconnect(DisconnectReasonCode::ProtocolError);
                 return Err(End::Refused(format!("unexpected packet {other:?}")));
             }
+        }
+        Ok(())
+    }
+
+    /// Resolves a client's topic alias (MQTT 5 3.3.2.3.4): a publish with a topic and an alias
+    /// sets the alias, one with an empty topic uses it.
+    fn resolve_alias(&mut self, alias: u16, topic: &mut Bytes) -> Result<(), End> {
+        if alias == 0 || alias > self.max_topic_alias {
+            self.send_disconnect(DisconnectReasonCode::TopicAliasInvalid);
+            return Err(End::Refused(format!("topic alias {alias} out of range")));
+        }
+        if topic.is_empty() {
+            let Some(known) = self.aliases.get(&alias) else {
+                self.send_disconnect(DisconnectReasonCode::ProtocolError);
+                return Err(End::Refused(format!("unknown topic alias {alias}")));
+            };
+            *topic = known.clone();
+        } else {
+            self.aliases.insert(alias, topic.clone());
         }
         Ok(())
     }
@@ -494,23 +654,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// Publishes the retained `taxi/<id>/status` on the client's behalf.
-    async fn publish_status(&mut self, state: &str) {
-        let topic = format!("taxi/{}/status", self.identity.id);
-        let payload = serde_json::json!({ "state": state, "at_ms": unix_ms() }).to_string();
-        let _ = self
-            .forward(vec![Packet::Publish(
-                Publish::new(topic.into_bytes(), payload.into_bytes(), true),
-                None,
-            )])
-            .await;
-    }
-
-    /// Ends the session: the will if it ended badly, the offline status, leaving the router.
-    async fn close(&mut self, end: End, will: Option<LastWill>, client_id: &str, generation: u64) {
+    /// Ends the session: leaving the router (with the session expiry as it stands), the will
+    /// if it ended badly and the offline status, both after the will delay if there is one.
+    async fn close(
+        &mut self,
+        end: End,
+        will: Option<LastWill>,
+        will_props: Option<LastWillProperties>,
+        client_id: &str,
+        generation: u64,
+    ) {
         let id = self.identity.id.clone();
         match &end {
             End::ClientDisconnected => debug!(id, "disconnected by the client"),
+            End::ClientDisconnectedWithWill => {
+                debug!(id, "disconnected by the client, with its will")
+            }
             End::Network(e) => info!(id, reason = %e, "connection lost"),
             End::Refused(why) => warn!(id, why, "disconnected: refused"),
             End::Stopped(StopReason::TakenOver) => info!(id, "replaced by a newer connection"),
@@ -521,34 +680,125 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // The router has forgotten this connection already.
             return;
         }
-        let mut last = Vec::new();
-        if let (Some(will), false) = (will, matches!(end, End::ClientDisconnected)) {
-            last.push(Packet::Publish(
-                Publish::new(will.topic, will.message, will.retain),
-                None,
-            ));
+        match &end {
+            End::Network(ReadError::TooLarge(_)) => {
+                self.send_disconnect(DisconnectReasonCode::PacketTooLarge)
+            }
+            End::Stopped(StopReason::TakenOver) => {
+                self.send_disconnect(DisconnectReasonCode::SessionTakenOver)
+            }
+            _ => {}
         }
-        if self.publishes_status && self.shared.registry.is_current(client_id, generation) {
-            let payload = serde_json::json!({ "state": "offline", "at_ms": unix_ms() });
-            last.push(Packet::Publish(
-                Publish::new(
-                    format!("taxi/{id}/status").into_bytes(),
-                    payload.to_string().into_bytes(),
-                    true,
-                ),
-                None,
-            ));
-        }
-        last.push(Packet::Disconnect(
-            Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        ));
-        let _ = self.forward(last).await;
+
+        let properties = (self.version == Version::V5).then(|| DisconnectProperties {
+            session_expiry_interval: Some(self.session_expiry),
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        });
+        let _ = self
+            .forward(vec![Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                properties,
+            )])
+            .await;
         let _ = self.conn.flush().await;
         self.conn.shutdown().await;
+
+        let will = will
+            .filter(|_| !matches!(end, End::ClientDisconnected))
+            .map(|will| will_message(will, will_props.as_ref()));
+        let offline = (self.publishes_status
+            && self.shared.registry.is_current(client_id, generation))
+        .then_some(id);
+        // The will waits for its delay, but not beyond the session (MQTT 5 3.1.3.2.2); so does
+        // the offline status, so that a short loss of network does not show.
+        let delay = will_props
+            .as_ref()
+            .and_then(|props| props.delay_interval)
+            .filter(|_| will.is_some())
+            .unwrap_or(0)
+            .min(self.session_expiry);
+        if delay == 0 {
+            if let Some(will) = will {
+                self.shared.publisher.publish(will);
+            }
+            if let Some(id) = offline {
+                self.shared.publisher.status(&id, "offline", unix_ms());
+            }
+        } else if !matches!(end, End::Stopped(StopReason::TakenOver)) {
+            // (Taken over: the client is back already, its will is void.)
+            defer_will(
+                self.shared.clone(),
+                client_id.to_owned(),
+                Duration::from_secs(u64::from(delay)),
+                will,
+                offline,
+            );
+        }
     }
+}
+
+/// A last will as the message it becomes, with its properties (MQTT 5 3.1.3.2).
+fn will_message(will: LastWill, props: Option<&LastWillProperties>) -> Message {
+    let properties = props.map(|props| PublishProperties {
+        payload_format_indicator: props.payload_format_indicator,
+        message_expiry_interval: props.message_expiry_interval,
+        response_topic: props.response_topic.clone(),
+        correlation_data: props.correlation_data.clone(),
+        user_properties: props.user_properties.clone(),
+        content_type: props.content_type.clone(),
+        ..Default::default()
+    });
+    let topic = String::from_utf8_lossy(&will.topic).into_owned();
+    let properties = expiry::apply(&topic, &will.message, properties, unix_ms());
+    Message {
+        topic,
+        payload: will.message.to_vec(),
+        qos: will.qos,
+        retain: will.retain,
+        properties,
+    }
+}
+
+/// Publishes a will (and the offline status) after `delay`, unless a connection with the same
+/// client id comes first: then the will is dropped, or, if that connection starts a clean
+/// session (which ends the old one), published at once without the status.
+fn defer_will(
+    shared: Arc<Shared>,
+    client_id: String,
+    delay: Duration,
+    will: Option<Message>,
+    offline: Option<String>,
+) {
+    let token = shared.registry.next_token();
+    let mut fate = shared.registry.defer_will(&client_id, token);
+    tokio::spawn(async move {
+        let decided = tokio::select! {
+            _ = tokio::time::sleep(delay) => None,
+            fate = &mut fate => Some(fate.unwrap_or(WillFate::Cancelled)),
+        };
+        let (publish_will, publish_status) = match decided {
+            Some(WillFate::Cancelled) => (false, false),
+            Some(WillFate::PublishNow) => (true, false),
+            // The delay is over, unless a new connection took the will in the meantime.
+            None if shared.registry.will_done(&client_id, token) => (true, true),
+            None => match fate.await {
+                Ok(WillFate::PublishNow) => (true, false),
+                _ => (false, false),
+            },
+        };
+        if publish_will {
+            if let Some(will) = will {
+                shared.publisher.publish(will);
+            }
+        }
+        if let (true, Some(id)) = (publish_status, offline) {
+            shared.publisher.status(&id, "offline", unix_ms());
+        }
+    });
 }
 
 /// An MQTT 5 DISCONNECT with a human-readable reason.
@@ -556,6 +806,9 @@ fn disconnect_packet(reason_code: DisconnectReasonCode) -> Packet {
     let reason = match reason_code {
         DisconnectReasonCode::NotAuthorized => "not authorized",
         DisconnectReasonCode::ProtocolError => "protocol error",
+        DisconnectReasonCode::PacketTooLarge => "packet too large",
+        DisconnectReasonCode::TopicAliasInvalid => "topic alias invalid",
+        DisconnectReasonCode::SessionTakenOver => "session taken over",
         _ => "disconnected by the server",
     };
     Packet::Disconnect(

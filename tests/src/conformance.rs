@@ -4,8 +4,9 @@
 //! The suite speaks plain MQTT with fixed client ids (`myclientid`, `myclientid2`,
 //! `clean_retained` and an empty one); the shim opens mutual TLS for each of its connections
 //! with the certificate of that id (CN = id, OU = `conformance`), and an empty id with the
-//! certificate `anonymous`. The broker gets a `conformance` role that may publish and
-//! subscribe on every topic and use shared subscriptions: only in this configuration.
+//! certificate `anonymous` (whose id the broker assigns to it). The broker gets a
+//! `conformance` role that may publish and subscribe on every topic and use shared
+//! subscriptions, and a keep-alive cap of 60 s: only in this configuration.
 //!
 //! Each case runs alone in its own `python3` process, bounded by [`CASE_TIMEOUT`]; a case
 //! passes when the suite's runner prints `1/1 paho interoperability tests pass`. The suite
@@ -102,6 +103,7 @@ impl Conformance {
                     ..Default::default()
                 },
             );
+            config.mqtt.max_keep_alive_s = 60;
             tweak(config);
         })
         .await?;

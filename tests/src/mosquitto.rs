@@ -146,6 +146,14 @@ impl MosquittoSub {
         self
     }
 
+    /// More command-line arguments (`-D subscribe subscription-identifier 7`, `-F %P`, ...).
+    pub fn args(mut self, args: &[&str]) -> MosquittoSub {
+        self.common
+            .extra
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// A last will (`--will-topic` ...).
     pub fn will(mut self, topic: &str, payload: &str, qos: u8, retain: bool) -> MosquittoSub {
         self.common.extra.extend([
@@ -374,6 +382,14 @@ impl MosquittoPub {
 
     pub fn client_id(mut self, client_id: &str) -> MosquittoPub {
         self.common.client_id = client_id.to_owned();
+        self
+    }
+
+    /// More command-line arguments (`-D publish user-property k v`, ...).
+    pub fn args(mut self, args: &[&str]) -> MosquittoPub {
+        self.common
+            .extra
+            .extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 

@@ -20,6 +20,13 @@ pub enum Version {
     V5,
 }
 
+/// MQTT 5 publish properties (user properties, message expiry, subscription ids, ...).
+pub type PublishProperties = rumqttc::v5::mqttbytes::v5::PublishProperties;
+/// MQTT 5 CONNACK properties (assigned client id, server keep alive, ...).
+pub type ConnAckProperties = rumqttc::v5::mqttbytes::v5::ConnAckProperties;
+/// An MQTT 5 subscription filter with its options (no local, retain as published, ...).
+pub type FilterV5 = rumqttc::v5::mqttbytes::v5::Filter;
+
 /// A PUBLISH received from the broker.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message {
@@ -27,6 +34,10 @@ pub struct Message {
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
+    /// Packet id (QoS 1 and 2), to acknowledge it by hand.
+    pub pkid: u16,
+    /// MQTT 5 only.
+    pub properties: Option<PublishProperties>,
 }
 
 impl Message {
@@ -53,6 +64,7 @@ impl std::fmt::Debug for Message {
             )
             .field("qos", &self.qos)
             .field("retain", &self.retain)
+            .field("properties", &self.properties)
             .finish()
     }
 }
@@ -72,6 +84,8 @@ pub enum Event {
     /// CONNACK with success.
     ConnAck {
         session_present: bool,
+        /// MQTT 5 only.
+        properties: Option<ConnAckProperties>,
     },
     /// CONNACK with a failure code (the raw code: 0x05 or 0x87 for "not authorized").
     Refused {
@@ -79,6 +93,10 @@ pub enum Event {
     },
     Publish(Message),
     PubAck {
+        pkid: u16,
+    },
+    /// PUBCOMP: the end of a QoS 2 publish.
+    PubComp {
         pkid: u16,
     },
     /// SUBACK with the raw return codes (0x00..0x02 granted QoS, 0x80 / 0x87 failures).
@@ -97,6 +115,9 @@ struct Will {
     retain: bool,
 }
 
+/// Adjusts the rumqttc MQTT 5 options before connecting.
+type V5Options = Box<dyn FnOnce(&mut rumqttc::v5::MqttOptions) + Send>;
+
 /// Options of a client to be started; see [`crate::TestBroker::client`].
 pub struct ClientBuilder {
     addr: SocketAddr,
@@ -107,6 +128,8 @@ pub struct ClientBuilder {
     clean_session: bool,
     keep_alive: Duration,
     will: Option<Will>,
+    v5_options: Option<V5Options>,
+    manual_acks: bool,
 }
 
 impl ClientBuilder {
@@ -125,7 +148,31 @@ impl ClientBuilder {
             clean_session: true,
             keep_alive: Duration::from_secs(30),
             will: None,
+            v5_options: None,
+            manual_acks: false,
         }
+    }
+
+    /// Messages are acknowledged only by [`MqttClient::ack`].
+    pub fn manual_acks(mut self) -> ClientBuilder {
+        self.manual_acks = true;
+        self
+    }
+
+    /// MQTT 5, with rumqttc's options adjusted by `adjust` (session expiry, Receive Maximum,
+    /// Maximum Packet Size, a will with properties, ...) after the builder's own.
+    pub fn v5_with(
+        mut self,
+        adjust: impl FnOnce(&mut rumqttc::v5::MqttOptions) + Send + 'static,
+    ) -> ClientBuilder {
+        self.v5_options = Some(Box::new(adjust));
+        self.version(Version::V5)
+    }
+
+    /// The keep-alive the client asks for.
+    pub fn keep_alive(mut self, keep_alive: Duration) -> ClientBuilder {
+        self.keep_alive = keep_alive;
+        self
     }
 
     /// Speak MQTT 5 instead of 3.1.1.
@@ -144,7 +191,8 @@ impl ClientBuilder {
         self
     }
 
-    /// `false`: a persistent session (MQTT 5: clean start off).
+    /// `false`: a persistent session (MQTT 5: clean start off and a session that does not
+    /// expire).
     pub fn clean_session(mut self, clean_session: bool) -> ClientBuilder {
         self.clean_session = clean_session;
         self
@@ -178,6 +226,7 @@ impl ClientBuilder {
                     .set_transport(tls)
                     .set_clean_session(self.clean_session)
                     .set_keep_alive(self.keep_alive)
+                    .set_manual_acks(self.manual_acks)
                     .set_max_packet_size(1024 * 1024, 1024 * 1024);
                 if let Some(will) = self.will {
                     options.set_last_will(rumqttc::LastWill::new(
@@ -195,7 +244,11 @@ impl ClientBuilder {
                 options
                     .set_transport(tls)
                     .set_clean_start(self.clean_session)
+                    .set_manual_acks(self.manual_acks)
                     .set_keep_alive(self.keep_alive);
+                if !self.clean_session {
+                    options.set_session_expiry_interval(Some(u32::MAX));
+                }
                 if let Some(will) = self.will {
                     options.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
                         will.topic,
@@ -204,6 +257,9 @@ impl ClientBuilder {
                         will.retain,
                         None,
                     ));
+                }
+                if let Some(adjust) = self.v5_options {
+                    adjust(&mut options);
                 }
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, 100);
                 (Handle::V5(client), tokio::spawn(drive_v5(eventloop, tx)))
@@ -292,6 +348,70 @@ impl MqttClient {
         }
     }
 
+    /// Acknowledges a message (with [`ClientBuilder::manual_acks`]).
+    pub async fn ack(&self, message: &Message) -> Result<()> {
+        match &self.handle {
+            Handle::V4(client) => {
+                let mut publish = rumqttc::Publish::new(
+                    &message.topic,
+                    qos_v4(message.qos)?,
+                    message.payload.clone(),
+                );
+                publish.pkid = message.pkid;
+                client.ack(&publish).await.context("queueing an ack")
+            }
+            Handle::V5(client) => {
+                let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new(
+                    &message.topic,
+                    qos_v5(message.qos)?,
+                    message.payload.clone(),
+                    None,
+                );
+                publish.pkid = message.pkid;
+                client.ack(&publish).await.context("queueing an ack")
+            }
+        }
+    }
+
+    /// Sends an MQTT 5 PUBLISH with properties.
+    pub async fn publish_v5(
+        &self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        payload: &[u8],
+        properties: PublishProperties,
+    ) -> Result<()> {
+        let Handle::V5(client) = &self.handle else {
+            bail!("publish_v5 on an MQTT 3.1.1 client");
+        };
+        client
+            .publish_with_properties(topic, qos_v5(qos)?, retain, payload.to_vec(), properties)
+            .await
+            .context("queueing a publish")
+    }
+
+    /// Sends one MQTT 5 SUBSCRIBE with these filters (and their options), with a subscription
+    /// identifier if `id` is given; waits for the SUBACK and returns its codes.
+    pub async fn subscribe_v5(
+        &mut self,
+        filters: Vec<FilterV5>,
+        id: Option<usize>,
+    ) -> Result<Vec<u8>> {
+        let Handle::V5(client) = &self.handle else {
+            bail!("subscribe_v5 on an MQTT 3.1.1 client");
+        };
+        let properties = rumqttc::v5::mqttbytes::v5::SubscribeProperties {
+            id,
+            user_properties: Vec::new(),
+        };
+        client
+            .subscribe_many_with_properties(filters, properties)
+            .await
+            .context("queueing a subscribe")?;
+        self.expect_suback().await
+    }
+
     /// Subscribes and waits for the SUBACK; returns its codes.
     pub async fn subscribe_and_wait(&mut self, filters: &[(&str, u8)]) -> Result<Vec<u8>> {
         self.subscribe(filters).await?;
@@ -305,6 +425,22 @@ impl MqttClient {
             .await
             .with_context(|| format!("no PUBACK for a publish to {topic}"))?;
         Ok(())
+    }
+
+    /// Publishes with QoS 2 and waits for the PUBCOMP that ends the exchange.
+    pub async fn publish_completed(
+        &mut self,
+        topic: &str,
+        retain: bool,
+        payload: &[u8],
+    ) -> Result<()> {
+        self.publish(topic, 2, retain, payload).await?;
+        self.expect("PUBCOMP", crate::WAIT, |event| match event {
+            Event::PubComp { .. } => Some(()),
+            _ => None,
+        })
+        .await
+        .with_context(|| format!("no PUBCOMP for a publish to {topic}"))
     }
 
     /// Sends DISCONNECT and waits until the connection is closed.
@@ -366,9 +502,17 @@ impl MqttClient {
 
     /// Waits for a successful CONNACK; returns `session_present`.
     pub async fn expect_connack(&mut self) -> Result<bool> {
+        Ok(self.expect_connack_v5().await?.0)
+    }
+
+    /// Waits for a successful CONNACK; returns `session_present` and its MQTT 5 properties.
+    pub async fn expect_connack_v5(&mut self) -> Result<(bool, Option<ConnAckProperties>)> {
         let outcome = self
             .expect("CONNACK", crate::WAIT, |event| match event {
-                Event::ConnAck { session_present } => Some(Ok(*session_present)),
+                Event::ConnAck {
+                    session_present,
+                    properties,
+                } => Some(Ok((*session_present, properties.clone()))),
                 Event::Refused { code } => Some(Err(*code)),
                 _ => None,
             })
@@ -515,14 +659,18 @@ async fn drive_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<E
             Ok(rumqttc::Event::Incoming(packet)) => match packet {
                 Packet::ConnAck(ack) => Event::ConnAck {
                     session_present: ack.session_present,
+                    properties: None,
                 },
                 Packet::Publish(publish) => Event::Publish(Message {
                     topic: publish.topic,
                     payload: publish.payload.to_vec(),
                     qos: publish.qos as u8,
                     retain: publish.retain,
+                    pkid: publish.pkid,
+                    properties: None,
                 }),
                 Packet::PubAck(ack) => Event::PubAck { pkid: ack.pkid },
+                Packet::PubComp(comp) => Event::PubComp { pkid: comp.pkid },
                 Packet::SubAck(ack) => Event::SubAck {
                     pkid: ack.pkid,
                     codes: ack
@@ -563,14 +711,18 @@ async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSend
             Ok(rumqttc::v5::Event::Incoming(packet)) => match packet {
                 Packet::ConnAck(ack) => Event::ConnAck {
                     session_present: ack.session_present,
+                    properties: ack.properties,
                 },
                 Packet::Publish(publish) => Event::Publish(Message {
                     topic: String::from_utf8_lossy(&publish.topic).into_owned(),
                     payload: publish.payload.to_vec(),
                     qos: publish.qos as u8,
                     retain: publish.retain,
+                    pkid: publish.pkid,
+                    properties: publish.properties,
                 }),
                 Packet::PubAck(ack) => Event::PubAck { pkid: ack.pkid },
+                Packet::PubComp(comp) => Event::PubComp { pkid: comp.pkid },
                 Packet::SubAck(ack) => Event::SubAck {
                     pkid: ack.pkid,
                     codes: ack

@@ -1,6 +1,6 @@
 //! A client is who its certificate says it is: certificates are checked in the TLS handshake
 //! (missing, unknown CA, expired, revoked: refused and counted by reason) and the MQTT client
-//! id must be the certificate's CN.
+//! id must be the certificate's CN (an empty one becomes the CN).
 //!
 //! Every test here causes at most one kind of handshake failure, so that the per-reason
 //! counters can be checked even when the tests share one process (`cargo test`).
@@ -18,7 +18,7 @@ async fn client_id_must_be_the_certificate_cn(version: Version, code: u8) -> Res
     let broker = TestBroker::start(&pki).await?;
     let taxi_a = pki.client("taxi-a", "taxi")?;
 
-    for claimed in ["taxi-b", "taxi-a2", "TAXI-A", "taxi-a.1", ""] {
+    for claimed in ["taxi-b", "taxi-a2", "TAXI-A", "taxi-a.1"] {
         let mut client = broker
             .client(&taxi_a)
             .version(version)
@@ -40,6 +40,64 @@ both_versions!(
     CONNACK_NOT_AUTHORIZED_V4,
     CONNACK_NOT_AUTHORIZED_V5
 );
+
+/// An empty client id is the certificate's id: MQTT 5 gets it back as the Assigned Client
+/// Identifier; MQTT 3.1.1 may leave it empty only with a clean session (MQTT-3.1.3-7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_client_id_is_the_certificate_id() -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = TestBroker::start(&pki).await?;
+    let taxi = pki.client("taxi-a", "taxi")?;
+    let mut operator = broker
+        .client(&pki.client("operator", "operator")?)
+        .connect()
+        .await?;
+    operator
+        .subscribe_and_wait(&[("taxi/taxi-a/status", 1), ("taxi/taxi-a/position", 1)])
+        .await?;
+
+    let mut v5 = broker.client(&taxi).client_id("").v5().start()?;
+    let (_, properties) = v5.expect_connack_v5().await?;
+    let assigned = properties.and_then(|p| p.assigned_client_identifier);
+    assert_eq!(
+        assigned.as_deref(),
+        Some("taxi-a"),
+        "Assigned Client Identifier"
+    );
+    // It is taxi-a: its status goes online, it publishes as taxi-a.
+    let status = operator.expect_publish("taxi/taxi-a/status").await?;
+    assert_eq!(status_state(&status.payload)?, "online");
+    let position = position_json(1);
+    v5.publish_acked("taxi/taxi-a/position", false, &position)
+        .await?;
+    operator
+        .expect_message("taxi/taxi-a/position", &position)
+        .await?;
+    v5.disconnect().await?;
+
+    let mut v311 = broker.client(&taxi).client_id("").connect().await?;
+    let position = position_json(2);
+    v311.publish_acked("taxi/taxi-a/position", false, &position)
+        .await?;
+    operator
+        .expect_message("taxi/taxi-a/position", &position)
+        .await?;
+    v311.disconnect().await?;
+
+    // MQTT 3.1.1, empty id, clean session off: CONNACK 0x02 "identifier rejected".
+    let mut raw = broker.raw(&taxi).await?;
+    raw.send(&raw::connect("", false, 30)).await?;
+    let answers = raw.read_until_closed(WAIT).await?;
+    assert_eq!(
+        answers,
+        [raw::RawPacket {
+            kind: raw::CONNACK,
+            flags: 0,
+            body: vec![0x00, 0x02],
+        }]
+    );
+    Ok(())
+}
 
 /// A certificate of the right CA with a role the broker has no rules for gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

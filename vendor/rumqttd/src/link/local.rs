@@ -49,6 +49,10 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // None: 0 with a clean session, no limit otherwise
+    session_expiry: Option<u32>,
+    max_inflight: u16,
+    max_packet_size: Option<usize>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +66,31 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            session_expiry: None,
+            max_inflight: u16::MAX,
+            max_packet_size: None,
         }
+    }
+
+    /// Seconds the session outlives the connection (MQTT 5 session expiry interval; 0: it
+    /// ends with the connection, `u32::MAX`: it waits for the client). Without this, a clean
+    /// session ends with the connection and another one never expires.
+    pub fn session_expiry(mut self, seconds: u32) -> Self {
+        self.session_expiry = Some(seconds);
+        self
+    }
+
+    /// QoS 1 and 2 messages in flight to the client at most (its Receive Maximum).
+    pub fn max_inflight(mut self, max: u16) -> Self {
+        self.max_inflight = max;
+        self
+    }
+
+    /// Largest packet the client accepts (its Maximum Packet Size): larger messages are
+    /// dropped for it.
+    pub fn max_packet_size(mut self, max: Option<usize>) -> Self {
+        self.max_packet_size = max;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -110,7 +138,12 @@ impl<'a> LinkBuilder<'a> {
 
         connection
             .last_will(self.last_will, self.last_will_properties)
-            .topic_alias_max(self.topic_alias_max);
+            .topic_alias_max(self.topic_alias_max)
+            .max_inflight(self.max_inflight)
+            .max_packet_size(self.max_packet_size);
+        if let Some(seconds) = self.session_expiry {
+            connection.session_expiry(seconds);
+        }
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

@@ -1,38 +1,70 @@
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use super::{
+    connection::SubscriptionOptions,
     scheduler::{PauseReason, Tracker},
     ConnectionEvents,
 };
+use crate::Filter;
 
 pub struct Graveyard {
     connections: HashMap<String, SavedState>,
+    /// When saved sessions with an expiry end, soonest first (entries of sessions resumed or
+    /// saved again since are stale and skipped).
+    expiries: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
 impl Graveyard {
     pub fn new() -> Graveyard {
         Graveyard {
             connections: HashMap::new(),
+            expiries: BinaryHeap::new(),
         }
     }
 
-    /// Add a new connection.
-    /// Return tracker of previous connection if connection id already exists
+    /// Takes the saved state of a client id; a session past its expiry is not returned (only
+    /// the metrics are).
     pub fn retrieve(&mut self, id: &str) -> Option<SavedState> {
-        self.connections.remove(id)
+        let mut saved = self.connections.remove(id)?;
+        if saved.expired(Instant::now()) {
+            saved.session_state = None;
+        }
+        Some(saved)
+    }
+
+    /// Forgets the sessions whose expiry has passed.
+    pub fn sweep(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.expiries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, id))) = self.expiries.pop() else {
+                break;
+            };
+            if let Some(saved) = self.connections.get_mut(&id) {
+                if saved.expires_at == Some(at) {
+                    saved.session_state = None;
+                    saved.expires_at = None;
+                }
+            }
+        }
     }
 
     /// Whether a saved persistent session reads through the shared group `group`: it rejoins
     /// the group when it resumes, so the group (and its cursor) must outlive its live members.
     pub fn has_group_member(&self, group: &str) -> bool {
+        let now = Instant::now();
         self.connections.values().any(|saved| {
-            saved.session_state.as_ref().is_some_and(|state| {
-                state
-                    .tracker
-                    .data_requests
-                    .iter()
-                    .any(|request| request.group.as_deref() == Some(group))
-            })
+            !saved.expired(now)
+                && saved.session_state.as_ref().is_some_and(|state| {
+                    state
+                        .tracker
+                        .data_requests
+                        .iter()
+                        .any(|request| request.group.as_deref() == Some(group))
+                })
         })
     }
 
@@ -41,8 +73,10 @@ impl Graveyard {
         &mut self,
         mut tracker: Tracker,
         subscriptions: HashSet<String>,
+        sub_options: HashMap<Filter, SubscriptionOptions>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
+        expires_at: Option<Instant>,
     ) {
         tracker.pause(PauseReason::Busy);
         let id = tracker.id.clone();
@@ -50,14 +84,19 @@ impl Graveyard {
         let session_state = SessionState {
             tracker,
             subscriptions,
+            sub_options,
             unacked_pubrels,
         };
 
+        if let Some(at) = expires_at {
+            self.expiries.push(Reverse((at, id.clone())));
+        }
         self.connections.insert(
             id,
             SavedState {
                 session_state: Some(session_state),
                 metrics,
+                expires_at,
             },
         );
     }
@@ -69,6 +108,7 @@ impl Graveyard {
             SavedState {
                 session_state: None,
                 metrics,
+                expires_at: None,
             },
         );
     }
@@ -78,12 +118,21 @@ impl Graveyard {
 pub struct SavedState {
     pub session_state: Option<SessionState>,
     pub metrics: ConnectionEvents,
+    /// When the saved session ends; `None`: when the client comes back
+    pub expires_at: Option<Instant>,
+}
+
+impl SavedState {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 #[derive(Debug)]
 pub struct SessionState {
     pub tracker: Tracker,
     pub subscriptions: HashSet<String>,
+    pub sub_options: HashMap<Filter, SubscriptionOptions>,
     // used for pubrel in qos2
     pub unacked_pubrels: VecDeque<u16>,
 }

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tracing::{error, warn};
 
 use crate::{
-    protocol::Packet,
+    protocol::{Packet, QoS},
     router::{FilterIdx, MAX_CHANNEL_CAPACITY},
     Cursor, Notification,
 };
@@ -64,6 +64,9 @@ pub struct Outgoing {
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
     last_pkid: u16,
+    /// QoS 1 and 2 messages in flight at most (the client's Receive Maximum, at most
+    /// `MAX_INFLIGHT`); a QoS 2 message counts until its PUBCOMP
+    max_inflight: usize,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
@@ -84,6 +87,7 @@ impl Outgoing {
             unacked_pubrels,
             handle,
             last_pkid: 0,
+            max_inflight: MAX_INFLIGHT,
             meter: Default::default(),
         };
 
@@ -95,8 +99,30 @@ impl Outgoing {
         self.data_buffer.clone()
     }
 
+    /// Limits the messages in flight to the client's Receive Maximum (never above the
+    /// router's own limit).
+    pub fn set_max_inflight(&mut self, max: u16) {
+        self.max_inflight = usize::from(max).clamp(1, MAX_INFLIGHT);
+    }
+
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        self.max_inflight
+            .saturating_sub(self.inflight_buffer.len() + self.unacked_pubrels.len())
+    }
+
+    /// The next packet id not held by a message in flight or a PUBREL waiting for its
+    /// PUBCOMP (QoS 1 and 2 messages complete in different orders).
+    fn next_pkid(&mut self) -> u16 {
+        for _ in 0..MAX_PKID {
+            self.last_pkid = self.last_pkid % MAX_PKID + 1;
+            let pkid = self.last_pkid;
+            let in_use = self.inflight_buffer.iter().any(|(p, _, _)| *p == pkid)
+                || self.unacked_pubrels.contains(&pkid);
+            if !in_use {
+                break;
+            }
+        }
+        self.last_pkid
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
@@ -105,43 +131,28 @@ impl Outgoing {
         buffer.len()
     }
 
-    /// Push packets to the outgoing buffer.
+    /// Push packets to the outgoing buffer. QoS 1 and 2 messages get a packet id and are
+    /// tracked until acknowledged; QoS 0 ones are not (each message has its own QoS: the
+    /// lower of its publisher's and the subscription's).
     pub fn push_forwards(
         &mut self,
         publishes: impl Iterator<Item = Forward>,
-        qos: u8,
         filter_idx: usize,
     ) -> (usize, usize) {
-        let mut buffer = self.data_buffer.lock();
-        let publishes = publishes;
-
-        if qos == 0 {
-            for p in publishes {
-                self.meter.publish_count += 1;
-                buffer.push_back(Notification::Forward(p));
-                // self.meter.total_size += p.len();
-            }
-
-            // self.meter.update_data_rate(total_size);
-            let buffer_count = buffer.len();
-            let inflight_count = self.inflight_buffer.len();
-            return (buffer_count, inflight_count);
-        }
+        let data_buffer = self.data_buffer.clone();
+        let mut buffer = data_buffer.lock();
 
         for mut p in publishes {
-            // Index and pkid of current outgoing packet
-            self.last_pkid += 1;
-            p.publish.pkid = self.last_pkid;
-
-            self.inflight_buffer
-                .push_back((self.last_pkid, filter_idx, p.cursor));
-
-            // Place max pkid packet at index 0
-            if self.last_pkid == MAX_PKID {
-                self.last_pkid = 0;
+            self.meter.publish_count += 1;
+            if p.publish.qos == QoS::AtMostOnce {
+                p.publish.pkid = 0;
+                buffer.push_back(Notification::Forward(p));
+                continue;
             }
 
-            self.meter.publish_count += 1;
+            let pkid = self.next_pkid();
+            p.publish.pkid = pkid;
+            self.inflight_buffer.push_back((pkid, filter_idx, p.cursor));
             self.meter.total_size += p.publish.topic.len() + p.publish.payload.len();
             buffer.push_back(Notification::Forward(p));
         }

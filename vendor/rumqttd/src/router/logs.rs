@@ -13,6 +13,7 @@ use crate::segments::{CommitLog, Position};
 use crate::Storage;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
@@ -22,6 +23,10 @@ pub struct PublishData {
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
     pub timestamp: Instant,
+    /// Client id of the publisher (for subscriptions with no local)
+    pub origin: Option<Arc<str>>,
+    /// Number of the publish, the same in every filter's log it was appended to
+    pub seq: u64,
 }
 
 impl From<PubWithProp> for PublishData {
@@ -30,7 +35,40 @@ impl From<PubWithProp> for PublishData {
             publish,
             properties,
             timestamp: Instant::now(),
+            origin: None,
+            seq: 0,
         }
+    }
+}
+
+impl PublishData {
+    /// Whether the message has expired at `now`; if not, its message expiry interval is
+    /// lowered by the time it has waited in the broker (MQTT 5 3.3.2.3.3).
+    fn expire(&mut self, now: Instant) -> bool {
+        if self.expired(now) {
+            return true;
+        }
+        let waited = self.waited_secs(now);
+        if let Some(interval) = self
+            .properties
+            .as_mut()
+            .and_then(|p| p.message_expiry_interval.as_mut())
+        {
+            *interval -= waited;
+        }
+        false
+    }
+
+    /// Whether the message's expiry interval has passed at `now`.
+    fn expired(&self, now: Instant) -> bool {
+        self.properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .is_some_and(|interval| self.waited_secs(now) >= interval)
+    }
+
+    fn waited_secs(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.timestamp).as_secs()).unwrap_or(u32::MAX)
     }
 }
 
@@ -101,20 +139,20 @@ impl DataLog {
             .map(|data| &data.waiters)
     }
 
+    /// Takes the parked request of connection `id` for subscription `subscription` (its
+    /// whole filter, `$share/<group>/...` included) from the log of `filter`.
     pub fn remove_waiters_for_id(
         &mut self,
         id: ConnectionId,
         filter: &Filter,
+        subscription: &Filter,
     ) -> Option<DataRequest> {
-        let data = self
-            .native
-            .get_mut(*self.filter_indexes.get(filter)?)
-            .unwrap();
+        let data = self.native.get_mut(*self.filter_indexes.get(filter)?)?;
         let waiters = data.waiters.get_mut();
 
         waiters
             .iter()
-            .position(|&(conn_id, _)| conn_id == id)
+            .position(|(conn_id, request)| *conn_id == id && request.filter == *subscription)
             .and_then(|index| {
                 waiters
                     .swap_remove_back(index)
@@ -174,7 +212,9 @@ impl DataLog {
 
     /// Where the next message appended to this filter's log will be.
     pub fn native_next_offset(&self, filter_idx: FilterIdx) -> Option<(u64, u64)> {
-        self.native.get(filter_idx).map(|data| data.log.next_offset())
+        self.native
+            .get(filter_idx)
+            .map(|data| data.log.next_offset())
     }
 
     pub fn native_readv(
@@ -182,7 +222,7 @@ impl DataLog {
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
-    ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
+    ) -> io::Result<(Position, Vec<(PublishData, Offset)>)> {
         // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
         // arrives in `Router::handle_device_payload`, it first calls the function
         // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
@@ -195,37 +235,9 @@ impl DataLog {
         // has more information on how this method behaves.
         let next = data.log.readv(offset, len, &mut o)?;
 
+        // Expired messages are dropped; the others go out with their remaining interval.
         let now = Instant::now();
-        o.retain_mut(|(pubdata, _)| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
-            };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
-            }
-
-            is_valid
-        });
-
-        // no need to include timestamp when returning
-        let o = o
-            .into_iter()
-            .map(|(pubdata, offset)| ((pubdata.publish, pubdata.properties), offset))
-            .collect();
+        o.retain_mut(|(pubdata, _)| !pubdata.expire(now));
 
         Ok((next, o))
     }
@@ -278,37 +290,18 @@ impl DataLog {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
 
-        // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
-            };
+        // Expired retained messages are deleted; the stored interval stays as published, each
+        // copy read gets what remains of it.
+        self.retained_publishes
+            .retain(|_, pubdata| !pubdata.expired(now));
 
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
-            }
-
-            is_valid
-        });
-
-        // no need to include timestamp when returning
         self.retained_publishes
             .iter()
             .filter(|(topic, _)| matches(topic, filter))
-            .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
+            .filter_map(|(_, p)| {
+                let mut p = p.clone();
+                (!p.expire(now)).then_some((p.publish, p.properties))
+            })
             .collect()
     }
 }

@@ -1,10 +1,11 @@
 use crate::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS, SubAck,
-    SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    matches, ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    LastWill, LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason,
+    PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS, RetainForwardRule,
+    SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use crate::router::alertlog::alert;
+use crate::router::connection::SubscriptionOptions;
 use crate::router::scheduler::{PauseReason, Tracker};
 use crate::router::{ConnectionEvents, Forward};
 use crate::segments::Position;
@@ -21,7 +22,7 @@ use tracing::{debug, error, info, trace, warn};
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
-use super::logs::{AckLog, DataLog};
+use super::logs::{AckLog, DataLog, PublishData};
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
@@ -102,6 +103,9 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// Number of the last publish appended (one number per publish, whatever the number of
+    /// filters it is appended to)
+    publish_seq: u64,
 }
 
 impl Router {
@@ -143,6 +147,7 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            publish_seq: 0,
         }
     }
 
@@ -300,8 +305,11 @@ impl Router {
             return;
         }
 
-        // Retrieve previous connection state from graveyard
+        // Retrieve previous connection state from graveyard (sessions past their expiry are
+        // forgotten first)
+        self.graveyard.sweep(std::time::Instant::now());
         let saved = self.graveyard.retrieve(&client_id);
+        outgoing.set_max_inflight(connection.max_inflight);
         let clean_session = connection.clean;
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
         // for qos2 pending pubrels
@@ -321,6 +329,7 @@ impl Router {
                 || Tracker::new(client_id.clone()),
                 |session_state| {
                     connection.subscriptions = session_state.subscriptions;
+                    connection.sub_options = session_state.sub_options;
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
                     outgoing.unacked_pubrels = session_state.unacked_pubrels;
@@ -489,7 +498,7 @@ impl Router {
         // resumes when members come back, so nothing published meanwhile (or in flight to
         // them) is skipped. Only the groups the leaving client is a member of are touched: a
         // clean client that was never in a group must not drop it while its members are away.
-        let persistent = !connection.clean;
+        let persistent = connection.session_expiry > 0;
         let graveyard = &self.graveyard;
         self.shared_subscriptions.retain(|name, group| {
             if !group.contains(&client_id) {
@@ -519,8 +528,8 @@ impl Router {
             connection.events.events.pop_front();
         }
 
-        // Save state for persistent sessions
-        if !connection.clean {
+        // Save state for persistent sessions (until their expiry)
+        if persistent {
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -560,11 +569,17 @@ impl Router {
                 }
             }
 
+            let expires_at = (connection.session_expiry != u32::MAX).then(|| {
+                std::time::Instant::now()
+                    + std::time::Duration::from_secs(u64::from(connection.session_expiry))
+            });
             self.graveyard.save_state(
                 tracker,
                 connection.subscriptions,
+                connection.sub_options,
                 connection.events,
                 outgoing.unacked_pubrels,
+                expires_at,
             );
         } else {
             tracker.pause(PauseReason::Busy);
@@ -653,10 +668,12 @@ impl Router {
                     self.router_meters.total_publishes += 1;
 
                     // Try to append publish to commitlog
+                    self.publish_seq += 1;
                     match append_to_commitlog(
                         id,
                         publish.clone(),
                         properties,
+                        self.publish_seq,
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
@@ -757,62 +774,56 @@ impl Router {
                 Packet::Unsubscribe(unsubscribe, _) => {
                     let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    // One UNSUBACK for the whole packet, with a reason per filter (upstream
+                    // sent one per subscribed filter and none for a filter not subscribed).
+                    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
                     for filter in &unsubscribe.filters {
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
 
                         debug!("Removing subscription on filter {}", filter);
-                        if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
-                            let removed = connection_ids.remove(&id);
-                            if !removed {
-                                continue;
-                            }
+                        let removed = self
+                            .subscription_map
+                            .get_mut(filter)
+                            .is_some_and(|connection_ids| connection_ids.remove(&id));
+                        if !removed || !connection.subscriptions.remove(filter) {
+                            reasons.push(UnsubAckReason::NoSubscriptionExisted);
+                            continue;
+                        }
 
-                            let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
-                            meter.unregister_subscription(filter);
+                        let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
+                        meter.unregister_subscription(filter);
 
-                            if !connection.subscriptions.remove(filter) {
-                                warn!(
-                                    pkid = unsubscribe.pkid,
-                                    "Unsubscribe failed as filter was not subscribed previously"
-                                );
-                                continue;
-                            }
-
-                            // Leave the group of this filter only (upstream left every
-                            // group and dropped every empty one, even groups whose members
-                            // are away with persistent sessions); drop it if it is empty
-                            // and no saved session will come back to it.
-                            if let Some((grp, filter_path)) = extract_group(filter) {
-                                let name = format!("{grp}/{filter_path}");
-                                if let Some(group) = self.shared_subscriptions.get_mut(&name) {
-                                    group.remove_client(&client_id);
-                                    if group.is_empty() && !self.graveyard.has_group_member(&name)
-                                    {
-                                        self.shared_subscriptions.remove(&name);
-                                    }
+                        // Leave the group of this filter only (upstream left every
+                        // group and dropped every empty one, even groups whose members
+                        // are away with persistent sessions); drop it if it is empty
+                        // and no saved session will come back to it.
+                        let mut log_filter = filter.clone();
+                        if let Some((grp, filter_path)) = extract_group(filter) {
+                            let name = format!("{grp}/{filter_path}");
+                            if let Some(group) = self.shared_subscriptions.get_mut(&name) {
+                                group.remove_client(&client_id);
+                                if group.is_empty() && !self.graveyard.has_group_member(&name) {
+                                    self.shared_subscriptions.remove(&name);
                                 }
                             }
-
-                            if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
-                                broker_aliases.remove_alias(filter);
-                            }
-
-                            // remove the subscription id
-                            connection.subscription_ids.remove(filter);
-
-                            let unsuback = UnsubAck {
-                                pkid,
-                                // reasons are used in MQTTv5
-                                reasons: vec![UnsubAckReason::Success],
-                            };
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.unsuback(unsuback);
-                            self.scheduler.untrack(id, filter);
-                            self.datalog.remove_waiters_for_id(id, filter);
-                            force_ack = true;
+                            log_filter = filter_path;
                         }
+
+                        if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
+                            broker_aliases.remove_alias(filter);
+                        }
+
+                        connection.sub_options.remove(filter);
+                        connection.resend_retained.remove(filter);
+                        self.scheduler.untrack(id, filter);
+                        self.datalog.remove_waiters_for_id(id, &log_filter, filter);
+                        reasons.push(UnsubAckReason::Success);
                     }
+                    let unsuback = UnsubAck { pkid, reasons };
+                    let ackslog = self.ackslog.get_mut(id).unwrap();
+                    ackslog.unsuback(unsuback);
+                    force_ack = true;
                 }
                 Packet::PubAck(puback, _) => {
                     let span = tracing::info_span!("puback", pkid = puback.pkid);
@@ -850,7 +861,7 @@ impl Router {
                     ackslog.pubrel(pubrel);
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
-                Packet::PubRel(pubrel, None) => {
+                Packet::PubRel(pubrel, _) => {
                     let span = tracing::info_span!("pubrel", pkid = pubrel.pkid);
                     let _guard = span.enter();
 
@@ -873,10 +884,12 @@ impl Router {
                     };
 
                     // Try to append publish to commitlog
+                    self.publish_seq += 1;
                     match append_to_commitlog(
                         id,
                         publish,
                         props,
+                        self.publish_seq,
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
@@ -920,10 +933,16 @@ impl Router {
 
                     force_ack = true;
                 }
-                Packet::Disconnect(_, _) => {
+                Packet::Disconnect(_, properties) => {
                     let span = tracing::info_span!("disconnect");
                     let _guard = span.enter();
                     disconnect = true;
+                    // MQTT 5: the client may change its session expiry when it leaves
+                    if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
+                        if let Some(connection) = self.connections.get_mut(id) {
+                            connection.session_expiry = expiry;
+                        }
+                    }
                     // delete the last will message
                     self.last_wills.remove(&client_id);
                     break;
@@ -1005,16 +1024,21 @@ impl Router {
             shared_group.add_client(client_id);
         };
 
-        if let Some(subscription_id) = subscription_id {
-            connection
-                .subscription_ids
-                .insert(filter_path.clone(), subscription_id);
-        }
+        // A subscription to a filter already subscribed replaces the old one's options
+        // (MQTT 5 3.8.4); its messages keep flowing from where they are.
+        connection.sub_options.insert(
+            filter_path.clone(),
+            SubscriptionOptions {
+                qos: filter.qos as u8,
+                no_local: filter.nolocal,
+                retain_as_published: filter.preserve_retain,
+                id: subscription_id,
+            },
+        );
 
-        // check is group is None because retained messages aren't sent
-        // for shared subscriptions
-        // TODO: use retain forward rules
-        let forward_retained = group.is_none();
+        // Retained messages: never for shared subscriptions; otherwise as the retain handling
+        // option says (0: at every subscribe, 1: only for a new subscription, 2: never).
+        let retained = group.is_none();
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
@@ -1026,19 +1050,25 @@ impl Router {
                 cursor,
                 read_count: 0,
                 max_count: 100,
-                // set true for new subscriptions
-                forward_retained,
+                forward_retained: retained
+                    && filter.retain_forward_rule != RetainForwardRule::Never,
                 group,
             };
 
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+        } else if retained && filter.retain_forward_rule == RetainForwardRule::OnEverySubscribe {
+            connection.resend_retained.insert(filter_path.clone());
+            // A request parked as caught up is woken to send them now.
+            if let Some(request) = self
+                .datalog
+                .remove_waiters_for_id(id, filter_path, filter_path)
+            {
+                self.scheduler.track(id, request);
+            }
+            self.scheduler.reschedule(id, ScheduleReason::NewFilter);
         }
-
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
@@ -1177,9 +1207,11 @@ impl Router {
             ..Default::default()
         });
 
+        self.publish_seq += 1;
         match append_will_message(
             publish,
             properties,
+            self.publish_seq,
             &mut self.datalog,
             &mut self.notifications,
             #[cfg(feature = "validate-tenant-prefix")]
@@ -1242,6 +1274,7 @@ fn append_to_commitlog(
     id: ConnectionId,
     mut publish: Publish,
     mut properties: Option<PublishProperties>,
+    seq: u64,
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     connections: &mut Slab<Connection>,
@@ -1281,15 +1314,22 @@ fn append_to_commitlog(
         }
     }
 
-    if publish.payload.is_empty() {
-        datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    // Only a retained publish changes the retained message: an empty one deletes it (upstream
+    // deleted it on any empty publish).
+    if publish.retain {
+        if publish.payload.is_empty() {
+            datalog.remove_from_retained_publishes(topic.to_owned());
+        } else {
+            datalog.insert_to_retained_publishes(
+                publish.clone(),
+                properties.clone(),
+                topic.to_owned(),
+            );
+        }
     }
 
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
+    // The retain flag stays in the log: subscriptions with retain as published forward it,
+    // the others clear it.
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1307,8 +1347,10 @@ fn append_to_commitlog(
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let mut publish_data: PublishData = (publish.clone(), properties.clone()).into();
+        publish_data.origin = Some(connection.origin.clone());
+        publish_data.seq = seq;
+        let (offset, filter) = datalog.append(publish_data, notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
@@ -1322,8 +1364,9 @@ fn append_to_commitlog(
 }
 
 fn append_will_message(
-    mut publish: Publish,
+    publish: Publish,
     properties: Option<PublishProperties>,
+    seq: u64,
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     #[cfg(feature = "validate-tenant-prefix")] tenant_prefix: Option<String>,
@@ -1352,15 +1395,18 @@ fn append_will_message(
         }
     }
 
-    if publish.payload.is_empty() {
-        datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    if publish.retain {
+        if publish.payload.is_empty() {
+            datalog.remove_from_retained_publishes(topic.to_owned());
+        } else {
+            datalog.insert_to_retained_publishes(
+                publish.clone(),
+                properties.clone(),
+                topic.to_owned(),
+            );
+        }
     }
 
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1373,8 +1419,9 @@ fn append_will_message(
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let mut publish_data: PublishData = (publish.clone(), properties.clone()).into();
+        publish_data.seq = seq;
+        let (offset, filter) = datalog.append(publish_data, notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
@@ -1494,7 +1541,19 @@ fn forward_device_data(
         request.cursor.1
     );
 
-    let mut inflight_slots = if request.qos != 0 {
+    // The subscription as last subscribed (a subscribe again replaces its options).
+    let options = connection
+        .sub_options
+        .get(&request.filter)
+        .copied()
+        .unwrap_or(SubscriptionOptions {
+            qos: request.qos,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        });
+
+    let mut inflight_slots = if options.qos != 0 {
         // for qos 1 & 2
         let len = outgoing.free_slots();
         if len == 0 {
@@ -1526,16 +1585,38 @@ fn forward_device_data(
         }
     }
 
-    let mut publishes = Vec::new();
+    // (publish, properties, cursor): retained messages have no cursor.
+    let mut publishes: Vec<(Publish, Option<PublishProperties>, Option<Offset>)> = Vec::new();
+    let max_packet_size = connection.max_packet_size;
+    // A message larger than the client accepts is dropped for it (MQTT 5 3.1.2.11.4).
+    let fits = |publish: &Publish, properties: &Option<PublishProperties>| {
+        max_packet_size
+            .is_none_or(|max| protocol::v5::publish_packet_size(publish, properties) <= max)
+    };
 
-    if request.forward_retained {
+    let resend_retained =
+        request.group.is_none() && connection.resend_retained.remove(&request.filter);
+    if request.forward_retained || resend_retained {
         // NOTE: ideally we want to limit the number of read messages
         // and skip the messages previously read while reading next time.
         // but for now, we just try to read all messages and drop the excess ones
         let mut retained_publishes = datalog.read_retained_messages(&request.filter);
         retained_publishes.truncate(inflight_slots as usize);
 
-        publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
+        for (mut publish, mut properties) in retained_publishes {
+            // A retained message goes out at the lower of its own QoS and the subscription's,
+            // with the retain flag set.
+            publish.qos = publish.qos.min(qos_of(options.qos));
+            publish.retain = true;
+            if let Some(id) = options.id {
+                let mut props = properties.unwrap_or_default();
+                props.subscription_identifiers = vec![id];
+                properties = Some(props);
+            }
+            if fits(&publish, &properties) {
+                publishes.push((publish, properties, None));
+            }
+        }
         inflight_slots -= publishes.len() as u64;
 
         // we only want to forward retained messages once
@@ -1551,11 +1632,63 @@ fn forward_device_data(
             }
         };
 
-    publishes.extend(
-        publishes_from_datalog
-            .into_iter()
-            .map(|(p, offset)| (p, Some(offset))),
-    );
+    // Other subscriptions of this client that are not shared: a message matching several of
+    // them is sent once (MQTT 5 3.3.4), with the highest QoS and every identifier.
+    let overlapping = request.group.is_none()
+        && connection
+            .sub_options
+            .keys()
+            .filter(|filter| !filter.starts_with("$share/"))
+            .nth(1)
+            .is_some();
+
+    for (data, offset) in publishes_from_datalog {
+        let mut publish = data.publish;
+        let mut properties = data.properties;
+        let own = data.origin.as_deref() == Some(connection.client_id.as_str());
+        if options.no_local && own {
+            continue;
+        }
+
+        let (mut qos, mut retain_as_published, mut ids) =
+            (options.qos, options.retain_as_published, options.id);
+        let mut all_ids = Vec::new();
+        if overlapping {
+            let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+            let matching: Vec<&SubscriptionOptions> = connection
+                .sub_options
+                .iter()
+                .filter(|(filter, o)| {
+                    !filter.starts_with("$share/") && !(o.no_local && own) && matches(topic, filter)
+                })
+                .map(|(_, o)| o)
+                .collect();
+            if matching.len() > 1 {
+                // Sent by whichever matching subscription reads it first.
+                if !connection.delivered.insert(data.seq) {
+                    continue;
+                }
+                qos = matching.iter().map(|o| o.qos).max().unwrap_or(qos);
+                retain_as_published = matching.iter().any(|o| o.retain_as_published);
+                all_ids = matching.iter().filter_map(|o| o.id).collect();
+                ids = None;
+            }
+        }
+        all_ids.extend(ids);
+
+        // The lower of the publisher's QoS and the subscription's (MQTT 3.8.4); the retain
+        // flag of a live message is cleared unless the subscription keeps it.
+        publish.qos = publish.qos.min(qos_of(qos));
+        publish.retain = publish.retain && retain_as_published;
+        if !all_ids.is_empty() {
+            let mut props = properties.unwrap_or_default();
+            props.subscription_identifiers = all_ids;
+            properties = Some(props);
+        }
+        if fits(&publish, &properties) {
+            publishes.push((publish, properties, Some(offset)));
+        }
+    }
 
     let (start, next, caughtup) = match next {
         Position::Next { start, end } => (start, end, false),
@@ -1586,14 +1719,21 @@ fn forward_device_data(
         publishes.len()
     );
 
-    let qos = request.qos;
     let filter_idx = request.filter_idx;
     request.read_count += publishes.len();
     request.cursor = next;
-    // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {
-        return ConsumeStatus::FilterCaughtup;
+        // Everything read was for others (expired, no local, too large, sent already):
+        // the cursor still moves on.
+        if let Some(share) = shared_group {
+            share.cursor = request.cursor;
+        }
+        return if caughtup {
+            ConsumeStatus::FilterCaughtup
+        } else {
+            ConsumeStatus::PartialRead
+        };
     }
 
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
@@ -1610,14 +1750,10 @@ fn forward_device_data(
             .and_then(|broker_aliases| broker_aliases.set_new_alias(&request.filter))
     }
 
-    let subscription_id = connection.subscription_ids.get(&request.filter);
-
     // Fill and notify device data
     let forwards = publishes
         .into_iter()
-        .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
-
+        .map(|(mut publish, mut properties, offset)| {
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
                 let mut props = properties.unwrap_or_default();
@@ -1630,13 +1766,6 @@ fn forward_device_data(
                 publish.topic.clear()
             }
 
-            if let Some(&subscription_id) = subscription_id {
-                // create new props if not already exists
-                let mut props = properties.unwrap_or_default();
-                props.subscription_identifiers.push(subscription_id);
-                properties = Some(props);
-            }
-
             Forward {
                 cursor: offset,
                 size: 0,
@@ -1645,7 +1774,7 @@ fn forward_device_data(
             }
         });
 
-    let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);
+    let (len, inflight) = outgoing.push_forwards(forwards, filter_idx);
 
     debug!(
         inflight_count = inflight,
@@ -1678,6 +1807,11 @@ fn forward_device_data(
     } else {
         ConsumeStatus::PartialRead
     }
+}
+
+/// The QoS of a subscription's granted level (0, 1 or 2).
+fn qos_of(level: u8) -> QoS {
+    protocol::qos(level).unwrap_or(QoS::AtMostOnce)
 }
 
 fn retrieve_shadow(datalog: &mut DataLog, outgoing: &mut Outgoing, shadow: ShadowRequest) {
@@ -2452,19 +2586,19 @@ fn extract_group(filter: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod shared_group_tests {
     use super::*;
-    use crate::protocol::{Filter as SubscribeFilter, RetainForwardRule, Subscribe};
+    use crate::protocol::{Filter as SubscribeFilter, Subscribe};
     use crate::router::connection::Connection;
     use parking_lot::Mutex;
     use std::sync::Arc;
 
-    struct Client {
-        id: ConnectionId,
-        incoming: Arc<Mutex<VecDeque<Packet>>>,
-        outgoing: Arc<Mutex<VecDeque<Notification>>>,
+    pub(super) struct Client {
+        pub(super) id: ConnectionId,
+        pub(super) incoming: Arc<Mutex<VecDeque<Packet>>>,
+        pub(super) outgoing: Arc<Mutex<VecDeque<Notification>>>,
         _wakeups: Receiver<()>,
     }
 
-    fn router() -> Router {
+    pub(super) fn router() -> Router {
         Router::new(
             0,
             RouterConfig {
@@ -2477,10 +2611,17 @@ mod shared_group_tests {
         )
     }
 
-    fn connect(router: &mut Router, client_id: &str, clean: bool) -> Client {
-        let connection = Connection::new(None, client_id.to_owned(), clean, false);
-        let incoming = Incoming::new(client_id.to_owned());
-        let (outgoing, wakeups) = Outgoing::new(client_id.to_owned());
+    pub(super) fn connect(router: &mut Router, client_id: &str, clean: bool) -> Client {
+        connect_with(
+            router,
+            Connection::new(None, client_id.to_owned(), clean, false),
+        )
+    }
+
+    pub(super) fn connect_with(router: &mut Router, connection: Connection) -> Client {
+        let client_id = connection.client_id.clone();
+        let incoming = Incoming::new(client_id.clone());
+        let (outgoing, wakeups) = Outgoing::new(client_id.clone());
         let (incoming_buffer, outgoing_buffer) = (incoming.buffer(), outgoing.buffer());
         router.events(
             0,
@@ -2491,14 +2632,14 @@ mod shared_group_tests {
             },
         );
         Client {
-            id: router.connection_map[client_id],
+            id: router.connection_map[&client_id],
             incoming: incoming_buffer,
             outgoing: outgoing_buffer,
             _wakeups: wakeups,
         }
     }
 
-    fn send(router: &mut Router, client: &Client, packet: Packet) {
+    pub(super) fn send(router: &mut Router, client: &Client, packet: Packet) {
         client.incoming.lock().push_back(packet);
         router.events(client.id, Event::DeviceData);
         settle(router);
@@ -2506,7 +2647,7 @@ mod shared_group_tests {
 
     /// Lets the router forward whatever it can (a `None` may only be a stale entry of a
     /// connection that is gone).
-    fn settle(router: &mut Router) {
+    pub(super) fn settle(router: &mut Router) {
         for _ in 0..1000 {
             router.consume();
         }
@@ -2563,7 +2704,11 @@ mod shared_group_tests {
         assert_eq!(got_a.len() + got_b.len(), 2, "{got_a:?} {got_b:?}");
         assert_eq!(got_a.len(), 1, "round robin: {got_a:?} {got_b:?}");
         // The member that got m1 comes back first; m0 went to the other one.
-        let (first, later) = if got_a == ["m1"] { ("a", "b") } else { ("b", "a") };
+        let (first, later) = if got_a == ["m1"] {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
 
         // Both members crash with their messages unacknowledged, then a client that was never
         // in the group leaves.
@@ -2594,12 +2739,363 @@ mod shared_group_tests {
         publish(&mut router, &publisher, 1, "m0");
         let (got_a, got_b) = (forwarded(&a), forwarded(&b));
         let (gone, stays) = if got_a == ["m0"] { (a, b) } else { (b, a) };
-        assert_eq!(forwarded(&gone), Vec::<String>::new(), "{got_a:?} {got_b:?}");
+        assert_eq!(
+            forwarded(&gone),
+            Vec::<String>::new(),
+            "{got_a:?} {got_b:?}"
+        );
 
         // The member that had m0 crashes; nothing else is published: the one still there
         // gets m0 at once.
         router.events(gone.id, Event::Disconnect);
         settle(&mut router);
         assert_eq!(forwarded(&stays), ["m0"]);
+    }
+}
+
+#[cfg(test)]
+mod mqtt5_tests {
+    use super::shared_group_tests::{connect, connect_with, router, send, settle, Client};
+    use super::*;
+    use crate::protocol::{Filter as SubscribeFilter, Subscribe, SubscribeProperties, Unsubscribe};
+    use crate::router::connection::Connection;
+
+    fn filter(path: &str, qos: QoS) -> SubscribeFilter {
+        SubscribeFilter {
+            path: path.to_owned(),
+            qos,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        }
+    }
+
+    fn subscribe(
+        router: &mut Router,
+        client: &Client,
+        filters: Vec<SubscribeFilter>,
+        id: Option<usize>,
+    ) {
+        let properties = id.map(|id| SubscribeProperties {
+            id: Some(id),
+            user_properties: Vec::new(),
+        });
+        send(
+            router,
+            client,
+            Packet::Subscribe(Subscribe { pkid: 1, filters }, properties),
+        );
+    }
+
+    fn publish(
+        router: &mut Router,
+        client: &Client,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: &str,
+    ) {
+        let mut publish = Publish::new(
+            topic.as_bytes().to_vec(),
+            payload.as_bytes().to_vec(),
+            retain,
+        );
+        publish.qos = qos;
+        publish.pkid = if qos == QoS::AtMostOnce { 0 } else { 1 };
+        send(router, client, Packet::Publish(publish, None));
+        if qos == QoS::ExactlyOnce {
+            let pubrel = PubRel {
+                pkid: 1,
+                reason: PubRelReason::Success,
+            };
+            send(router, client, Packet::PubRel(pubrel, None));
+        }
+    }
+
+    /// Forwards taken from a client's buffer: (payload, qos, retain, subscription ids).
+    fn forwards(client: &Client) -> Vec<(String, QoS, bool, Vec<usize>)> {
+        client
+            .outgoing
+            .lock()
+            .drain(..)
+            .filter_map(|notification| match notification {
+                Notification::Forward(forward) => Some((
+                    String::from_utf8_lossy(&forward.publish.payload).into_owned(),
+                    forward.publish.qos,
+                    forward.publish.retain,
+                    forward
+                        .properties
+                        .map(|p| p.subscription_identifiers)
+                        .unwrap_or_default(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn payloads(client: &Client) -> Vec<String> {
+        forwards(client).into_iter().map(|f| f.0).collect()
+    }
+
+    #[test]
+    fn messages_go_out_at_the_lower_of_their_qos_and_the_subscriptions() {
+        let mut router = router();
+        let publisher = connect(&mut router, "publisher", true);
+        publish(
+            &mut router,
+            &publisher,
+            "r",
+            QoS::AtMostOnce,
+            true,
+            "retained 0",
+        );
+        let subscriber = connect(&mut router, "subscriber", true);
+        subscribe(
+            &mut router,
+            &subscriber,
+            vec![filter("r", QoS::ExactlyOnce), filter("t", QoS::AtLeastOnce)],
+            None,
+        );
+        assert_eq!(
+            forwards(&subscriber),
+            [("retained 0".to_owned(), QoS::AtMostOnce, true, vec![])]
+        );
+        publish(&mut router, &publisher, "t", QoS::AtMostOnce, false, "0");
+        publish(&mut router, &publisher, "t", QoS::ExactlyOnce, false, "2");
+        let got: Vec<_> = forwards(&subscriber)
+            .into_iter()
+            .map(|f| (f.0, f.1))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0".to_owned(), QoS::AtMostOnce),
+                ("2".to_owned(), QoS::AtLeastOnce)
+            ]
+        );
+    }
+
+    #[test]
+    fn retain_as_published_keeps_the_flag_and_no_local_skips_own_messages() {
+        let mut router = router();
+        let client = connect(&mut router, "c", true);
+        let mut keep = filter("t", QoS::AtLeastOnce);
+        keep.preserve_retain = true;
+        let mut not_own = filter("u", QoS::AtLeastOnce);
+        not_own.nolocal = true;
+        subscribe(
+            &mut router,
+            &client,
+            vec![keep, not_own, filter("v", QoS::AtLeastOnce)],
+            None,
+        );
+        publish(&mut router, &client, "t", QoS::AtLeastOnce, true, "kept");
+        publish(&mut router, &client, "u", QoS::AtLeastOnce, false, "own");
+        publish(&mut router, &client, "v", QoS::AtLeastOnce, true, "cleared");
+        let got: Vec<_> = forwards(&client).into_iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(
+            got,
+            [("kept".to_owned(), true), ("cleared".to_owned(), false)]
+        );
+        let other = connect(&mut router, "other", true);
+        publish(&mut router, &other, "u", QoS::AtLeastOnce, false, "theirs");
+        assert_eq!(payloads(&client), ["theirs"]);
+    }
+
+    #[test]
+    fn retain_handling_decides_when_retained_messages_are_sent() {
+        let mut router = router();
+        let publisher = connect(&mut router, "publisher", true);
+        publish(
+            &mut router,
+            &publisher,
+            "r",
+            QoS::AtLeastOnce,
+            true,
+            "retained",
+        );
+        let client = connect(&mut router, "c", true);
+        for (rule, first, again) in [
+            (RetainForwardRule::OnEverySubscribe, 1, 1),
+            (RetainForwardRule::OnNewSubscribe, 1, 0),
+            (RetainForwardRule::Never, 0, 0),
+        ] {
+            let mut f = filter("r", QoS::AtLeastOnce);
+            f.retain_forward_rule = rule.clone();
+            subscribe(&mut router, &client, vec![f.clone()], None);
+            assert_eq!(payloads(&client).len(), first, "{rule:?} new");
+            subscribe(&mut router, &client, vec![f], None);
+            assert_eq!(payloads(&client).len(), again, "{rule:?} again");
+            let unsubscribe = Unsubscribe {
+                pkid: 2,
+                filters: vec!["r".to_owned()],
+            };
+            send(&mut router, &client, Packet::Unsubscribe(unsubscribe, None));
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_get_one_copy_with_every_identifier() {
+        let mut router = router();
+        let client = connect(&mut router, "c", true);
+        subscribe(
+            &mut router,
+            &client,
+            vec![filter("a/b", QoS::AtMostOnce)],
+            Some(2),
+        );
+        subscribe(
+            &mut router,
+            &client,
+            vec![filter("a/#", QoS::AtLeastOnce)],
+            Some(3),
+        );
+        let publisher = connect(&mut router, "publisher", true);
+        publish(
+            &mut router,
+            &publisher,
+            "a/b",
+            QoS::ExactlyOnce,
+            false,
+            "both",
+        );
+        publish(
+            &mut router,
+            &publisher,
+            "a/c",
+            QoS::AtLeastOnce,
+            false,
+            "one",
+        );
+        let mut got = forwards(&client);
+        for f in got.iter_mut() {
+            f.3.sort();
+        }
+        assert_eq!(
+            got,
+            [
+                ("both".to_owned(), QoS::AtLeastOnce, false, vec![2, 3]),
+                ("one".to_owned(), QoS::AtLeastOnce, false, vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn receive_maximum_and_maximum_packet_size_of_the_client_are_kept() {
+        let mut router = router();
+        let mut connection = Connection::new(None, "c".to_owned(), true, false);
+        connection.max_inflight(2).max_packet_size(Some(64));
+        let client = connect_with(&mut router, connection);
+        subscribe(
+            &mut router,
+            &client,
+            vec![filter("t", QoS::AtLeastOnce)],
+            None,
+        );
+        let publisher = connect(&mut router, "publisher", true);
+        publish(
+            &mut router,
+            &publisher,
+            "t",
+            QoS::AtLeastOnce,
+            false,
+            &"x".repeat(100),
+        );
+        for payload in ["1", "2", "3"] {
+            publish(
+                &mut router,
+                &publisher,
+                "t",
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            );
+        }
+        assert_eq!(
+            payloads(&client),
+            ["1", "2"],
+            "the large one is dropped, two in flight"
+        );
+        let pkid = 1;
+        let puback = PubAck {
+            pkid,
+            reason: PubAckReason::Success,
+        };
+        send(&mut router, &client, Packet::PubAck(puback, None));
+        assert_eq!(payloads(&client), ["3"]);
+    }
+
+    #[test]
+    fn a_session_lasts_its_expiry_and_no_longer() {
+        let mut router = router();
+        let publisher = connect(&mut router, "publisher", true);
+        for (expiry, present) in [(0, false), (3600, true), (u32::MAX, true)] {
+            let mut connection = Connection::new(None, "c".to_owned(), true, false);
+            connection.session_expiry(expiry);
+            let client = connect_with(&mut router, connection);
+            subscribe(
+                &mut router,
+                &client,
+                vec![filter("t", QoS::AtLeastOnce)],
+                None,
+            );
+            router.events(client.id, Event::Disconnect);
+            publish(
+                &mut router,
+                &publisher,
+                "t",
+                QoS::AtLeastOnce,
+                false,
+                "offline",
+            );
+            let resumed = connect_with(
+                &mut router,
+                Connection::new(None, "c".to_owned(), false, false),
+            );
+            settle(&mut router);
+            let expected: &[&str] = if present { &["offline"] } else { &[] };
+            assert_eq!(payloads(&resumed), expected, "session expiry {expiry}");
+            router.events(resumed.id, Event::Disconnect);
+            // Leave no session behind for the next round.
+            let clean = connect(&mut router, "c", true);
+            router.events(clean.id, Event::Disconnect);
+        }
+    }
+
+    #[test]
+    fn one_unsuback_with_a_reason_per_filter() {
+        let mut router = router();
+        let client = connect(&mut router, "c", true);
+        subscribe(
+            &mut router,
+            &client,
+            vec![filter("a", QoS::AtLeastOnce)],
+            None,
+        );
+        client.outgoing.lock().clear();
+        let unsubscribe = Unsubscribe {
+            pkid: 7,
+            filters: vec!["a".to_owned(), "b".to_owned()],
+        };
+        send(&mut router, &client, Packet::Unsubscribe(unsubscribe, None));
+        let unsubacks: Vec<_> = client
+            .outgoing
+            .lock()
+            .drain(..)
+            .filter_map(|n| match n {
+                Notification::DeviceAck(crate::router::Ack::UnsubAck(ack)) => Some(ack),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            unsubacks,
+            [UnsubAck {
+                pkid: 7,
+                reasons: vec![
+                    UnsubAckReason::Success,
+                    UnsubAckReason::NoSubscriptionExisted
+                ]
+            }]
+        );
     }
 }

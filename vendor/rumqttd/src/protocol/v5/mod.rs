@@ -474,3 +474,10 @@ impl Protocol for V5 {
         Ok(size)
     }
 }
+
+/// Size on the wire of a PUBLISH with these properties: fixed header, remaining length and
+/// everything after it. Compared with a client's Maximum Packet Size.
+pub fn publish_packet_size(publish: &Publish, properties: &Option<PublishProperties>) -> usize {
+    let remaining = publish::len(publish, properties);
+    1 + len_len(remaining) + remaining
+}
