@@ -5,7 +5,8 @@
 //! patterns. A subscription filter is allowed only when every topic it could ever match is
 //! matched by one pattern: `taxi/+/inbox` is refused to a taxi whose pattern is
 //! `taxi/%c/inbox`. Shared subscriptions (`$share/<group>/<filter>`) are allowed only for roles
-//! with `shared = true`, and their inner filter is checked the same way.
+//! with `shared = true`, and their inner filter is checked the same way. A role may also get
+//! the known payloads as JSON (`payload = "json"`, see [`crate::payload`]).
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,20 @@ pub struct RoleRules {
     /// spreads its load over several connections); otherwise the client id must be `<id>`.
     #[serde(default)]
     pub client_id_suffix: bool,
+    /// How this role gets the payloads of the taxi topics: as published, or as JSON.
+    #[serde(default)]
+    pub payload: PayloadFormat,
+}
+
+/// The form in which a role's clients get the payloads of `taxi/<id>/<kind>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// The bytes as published (postcard or JSON).
+    #[default]
+    Raw,
+    /// The canonical JSON of topics.md for every payload that decodes; others as published.
+    Json,
 }
 
 /// The default rules: see `topics.md`.
@@ -46,6 +61,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 subscribe: list(&["taxi/%c/inbox"]),
                 shared: false,
                 client_id_suffix: false,
+                payload: PayloadFormat::Raw,
             },
         ),
         (
@@ -60,6 +76,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 ]),
                 shared: false,
                 client_id_suffix: false,
+                payload: PayloadFormat::Raw,
             },
         ),
         (
@@ -69,6 +86,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 subscribe: list(&["taxi/#", "backoffice/#", "analytics/#"]),
                 shared: false,
                 client_id_suffix: false,
+                payload: PayloadFormat::Json,
             },
         ),
         (
@@ -78,6 +96,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 subscribe: Vec::new(),
                 shared: false,
                 client_id_suffix: true,
+                payload: PayloadFormat::Raw,
             },
         ),
         (
@@ -93,6 +112,7 @@ pub fn default_rules() -> BTreeMap<String, RoleRules> {
                 ]),
                 shared: true,
                 client_id_suffix: true,
+                payload: PayloadFormat::Raw,
             },
         ),
     ])

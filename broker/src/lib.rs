@@ -11,6 +11,7 @@
 //! - [`connection`]: MQTT 3.1.1/5 framing over the TLS stream.
 //! - [`acl`]: per-role publish/subscribe patterns.
 //! - [`expiry`]: inbox orders past their `expires_ms` are never delivered.
+//! - [`payload`]: taxi payloads as JSON for roles that read them (operators).
 //! - [`registry`]: live sessions by id (takeover, revocation), wills waiting for their delay.
 //! - [`publisher`]: the broker's own messages (status, wills) through its own router link.
 //! - [`http`]: `/metrics` and `/health`.
@@ -23,6 +24,7 @@ pub mod expiry;
 pub mod http;
 pub mod identity;
 pub mod listener;
+pub mod payload;
 pub mod pki;
 pub mod publisher;
 pub mod registry;

@@ -28,12 +28,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::acl::ClientRules;
+use crate::acl::{ClientRules, PayloadFormat};
 use crate::connection::{Connection, ReadError, Version};
 use crate::identity::Identity;
 use crate::publisher::Message;
 use crate::registry::{StopReason, WillFate};
-use crate::expiry;
+use crate::{expiry, payload};
 use crate::{LinkOptions, Shared};
 
 /// Notifications written to the client in one go before flushing.
@@ -199,6 +199,7 @@ where
         .await;
 
     let links = shared.links.clone();
+    let client_max_packet_size = options.max_packet_size;
     let attach = tokio::task::spawn_blocking(move || links(&options));
     let built = match tokio::time::timeout(ATTACH_TIMEOUT, attach).await {
         Ok(built) => built,
@@ -294,6 +295,8 @@ where
         max_topic_alias,
         connect_session_expiry: session_expiry,
         session_expiry,
+        json_payloads: rules.payload == PayloadFormat::Json,
+        max_packet_size: client_max_packet_size,
     };
     let written = session.conn.write_packet(Packet::ConnAck(ack, props)).await;
     if session.publishes_status {
@@ -377,6 +380,10 @@ struct Session<S> {
     /// may change it).
     connect_session_expiry: u32,
     session_expiry: u32,
+    /// The role gets taxi payloads as JSON.
+    json_payloads: bool,
+    /// The client's Maximum Packet Size (MQTT 5).
+    max_packet_size: Option<usize>,
 }
 
 /// Per-message counters, looked up once per session.
@@ -645,9 +652,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 self.buffer(Packet::SubAck(suback, props))
             }
-            Some(packet @ Packet::Publish(..)) => {
+            Some(Packet::Publish(mut publish, properties)) => {
                 self.counters.messages_out.increment(1);
-                self.buffer(packet)
+                if self.json_payloads {
+                    if let Some(json) = payload::to_json(&publish.topic, &publish.payload) {
+                        let original = std::mem::replace(&mut publish.payload, Bytes::from(json));
+                        // The router checked the size of the message as published; a JSON
+                        // copy too large for the client goes as published.
+                        let size =
+                            rumqttd::protocol::v5::publish_packet_size(&publish, &properties);
+                        if self.max_packet_size.is_some_and(|max| size > max) {
+                            publish.payload = original;
+                        }
+                    }
+                }
+                self.buffer(Packet::Publish(publish, properties))
             }
             Some(packet) => self.buffer(packet),
             None => Ok(()),

@@ -306,3 +306,56 @@ async fn refused_connections() -> Result<()> {
     }
     Ok(())
 }
+
+/// Operators read the taxis' compact postcard payloads as the JSON of topics.md (the default
+/// `[acl.operator] payload = "json"`); the bridge gets the bytes as published, and a payload
+/// that does not decode reaches operators as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_read_postcard_positions_as_the_documented_json() -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = TestBroker::start(&pki).await?;
+    let mut operator = broker
+        .mosquitto_sub(&pki.client("operator", "operator")?)
+        .topic("taxi/+/position")
+        .qos(1)
+        .spawn()?;
+    assert_eq!(operator.expect_subscribed().await?, [1]);
+    let mut bridge = broker
+        .client(&pki.client("bridge", "bridge")?)
+        .connect()
+        .await?;
+    bridge.subscribe_and_wait(&[("taxi/+/position", 1)]).await?;
+
+    // The example of topics.md, sent as postcard.
+    let position = wire::Position {
+        seq: 1732200000123,
+        ts_ms: 1732200000000,
+        lat: 52.520008,
+        lon: 13.404954,
+        speed_kmh: Some(31.5),
+        heading_deg: Some(270.0),
+        accuracy_m: Some(4.0),
+    };
+    let postcard = wire::encode_postcard(&position);
+    let mut taxi = broker
+        .client(&pki.client("taxi-042", "taxi")?)
+        .connect()
+        .await?;
+    taxi.publish_acked("taxi/taxi-042/position", false, &postcard)
+        .await?;
+    operator
+        .expect_message_payload(
+            "taxi/taxi-042/position",
+            r#"{"seq":1732200000123,"ts_ms":1732200000000,"lat":52.520008,"lon":13.404954,"speed_kmh":31.5,"heading_deg":270.0,"accuracy_m":4.0}"#,
+        )
+        .await?;
+    bridge
+        .expect_message("taxi/taxi-042/position", &postcard)
+        .await?;
+
+    taxi.publish_acked("taxi/taxi-042/position", false, b"\x01")
+        .await?;
+    operator
+        .expect_message_payload("taxi/taxi-042/position", "\u{1}")
+        .await
+}
