@@ -787,7 +787,9 @@ async fn qos_2_is_delivered_exactly_once(version: Version) -> Result<()> {
     let live = subscriber.expect_message("lab/q2", b"live").await?;
     assert_eq!(live.qos, 2);
     // A message after it: by then the client has had the PUBREL and sent its PUBCOMP.
-    publisher.publish_acked("lab/q2", false, b"after live").await?;
+    publisher
+        .publish_acked("lab/q2", false, b"after live")
+        .await?;
     subscriber.expect_message("lab/q2", b"after live").await?;
     subscriber.disconnect().await?;
 
