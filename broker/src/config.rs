@@ -48,6 +48,9 @@ pub struct MqttConfig {
     /// Topic aliases an MQTT 5 client may define on its connection (0: none). The broker
     /// resolves them and authorizes the resolved topic.
     pub max_topic_alias: u16,
+    /// QoS 1 and 2 publishes an MQTT 5 client may have unacknowledged at once (its Receive
+    /// Maximum, announced in the CONNACK); one more closes the connection.
+    pub receive_maximum: u16,
 }
 
 /// Certificates: the broker's own, the CAs that sign client certificates, and the CRL.
@@ -106,6 +109,7 @@ impl Default for Config {
                 write_timeout_ms: 30_000,
                 max_keep_alive_s: 0,
                 max_topic_alias: 10,
+                receive_maximum: 1000,
             },
             tls: TlsConfig {
                 server_cert: dev.join("server.pem"),
@@ -148,6 +152,9 @@ impl Config {
         }
         if self.mqtt.write_timeout_ms == 0 {
             return invalid("mqtt.write_timeout_ms", "must be at least 1");
+        }
+        if self.mqtt.receive_maximum == 0 {
+            return invalid("mqtt.receive_maximum", "must be at least 1");
         }
         if self.mqtt.max_packet_size < 64 {
             return invalid("mqtt.max_packet_size", "must be at least 64 bytes");

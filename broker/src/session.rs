@@ -21,7 +21,7 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
     DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet, PingResp,
-    PublishProperties, SubAck, Subscribe, SubscribeReasonCode,
+    PublishProperties, QoS, SubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -250,6 +250,7 @@ where
         return;
     };
     let max_topic_alias = shared.config.mqtt.max_topic_alias;
+    let receive_maximum = shared.config.mqtt.receive_maximum;
     let props = match version {
         Version::V311 => None,
         Version::V5 => Some(ConnAckProperties {
@@ -257,6 +258,7 @@ where
             max_packet_size: u32::try_from(shared.config.mqtt.max_packet_size).ok(),
             assigned_client_identifier: assigned.then(|| client_id.clone()),
             server_keep_alive,
+            receive_max: Some(receive_maximum),
             ..router_props.unwrap_or_default()
         }),
     };
@@ -296,6 +298,8 @@ where
         connect_session_expiry: session_expiry,
         session_expiry,
         json_payloads: rules.payload == PayloadFormat::Json,
+        inbound_in_flight: 0,
+        receive_maximum: u32::from(receive_maximum),
         max_packet_size: client_max_packet_size,
     };
     let written = session.conn.write_packet(Packet::ConnAck(ack, props)).await;
@@ -382,6 +386,10 @@ struct Session<S> {
     session_expiry: u32,
     /// The role gets taxi payloads as JSON.
     json_payloads: bool,
+    /// QoS 1 and 2 publishes of the client not yet acknowledged, and how many it may have
+    /// (the Receive Maximum announced to MQTT 5 clients).
+    inbound_in_flight: u32,
+    receive_maximum: u32,
     /// The client's Maximum Packet Size (MQTT 5).
     max_packet_size: Option<usize>,
 }
@@ -479,6 +487,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     ) -> Result<(), End> {
         match packet {
             Packet::Publish(mut publish, mut props) => {
+                // Receive Maximum (MQTT 5): QoS 1 and 2 publishes not yet acknowledged.
+                if publish.qos != QoS::AtMostOnce && self.version == Version::V5 {
+                    self.inbound_in_flight += 1;
+                    if self.inbound_in_flight > self.receive_maximum {
+                        self.send_disconnect(DisconnectReasonCode::ReceiveMaximumExceeded);
+                        return Err(End::Refused("receive maximum exceeded".to_owned()));
+                    }
+                }
                 // A topic alias is resolved here, so that the resolved topic is the one
                 // authorized; the router never sees aliases.
                 if let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) {
@@ -668,7 +684,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 self.buffer(Packet::Publish(publish, properties))
             }
-            Some(packet) => self.buffer(packet),
+            Some(packet) => {
+                // The end of an exchange the client started (QoS 1: PUBACK, QoS 2: PUBCOMP).
+                if matches!(packet, Packet::PubAck(..) | Packet::PubComp(..)) {
+                    self.inbound_in_flight = self.inbound_in_flight.saturating_sub(1);
+                }
+                self.buffer(packet)
+            }
             None => Ok(()),
         }
     }
@@ -828,6 +850,7 @@ fn disconnect_packet(reason_code: DisconnectReasonCode) -> Packet {
         DisconnectReasonCode::PacketTooLarge => "packet too large",
         DisconnectReasonCode::TopicAliasInvalid => "topic alias invalid",
         DisconnectReasonCode::SessionTakenOver => "session taken over",
+        DisconnectReasonCode::ReceiveMaximumExceeded => "receive maximum exceeded",
         _ => "disconnected by the server",
     };
     Packet::Disconnect(

@@ -21,6 +21,7 @@ pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const SUBACK: u8 = 9;
+pub const DISCONNECT: u8 = 14;
 
 /// One packet read back from the broker.
 #[derive(Clone, Debug, PartialEq, Eq)]

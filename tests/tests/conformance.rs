@@ -66,8 +66,10 @@ cases!(
     #[ignore = "expects the broker to alias its topics towards the client; server-side topic \
                 aliases are optional in MQTT 5 and the broker sends none"]
     test_server_topic_alias,
-    #[ignore = "sends Receive Maximum + 1 (65,536) QoS 2 messages and waits for a disconnect \
-                without a time bound; it hangs against Mosquitto 2.0 as well"]
+    #[ignore = "sends Receive Maximum + 1 QoS 2 messages; the broker answers DISCONNECT 0x93 and \
+                closes, as MQTT 5 requires, but the suite's client first writes PUBRELs for the \
+                PUBRECs it reads and fails on the closed connection (tested in mqtt5.rs); it \
+                hangs against Mosquitto 2.0"]
     test_flow_control2,
 );
 

@@ -2,7 +2,7 @@
 //! per test, with rumqttc and `mosquitto_pub`/`mosquitto_sub -V mqttv5`: delivery QoS, message
 //! and session expiry, wills with properties and a delay, properties passed through,
 //! subscription options and identifiers, the client's Maximum Packet Size and Receive
-//! Maximum, the keep-alive cap, topic aliases and QoS 2.
+//! Maximum and the broker's, the keep-alive cap, topic aliases and QoS 2.
 //!
 //! Most tests use a `lab` role that may publish and subscribe under `lab/` (in their own
 //! configuration only); the others use the platform's roles.
@@ -15,7 +15,7 @@ use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, RetainForwardRule
 use rumqttc::v5::mqttbytes::QoS;
 use tests::mqtt::{FilterV5, PublishProperties};
 use tests::{
-    both_versions, position_json, status_state, Event, TestBroker, TestPki, Version, WAIT,
+    both_versions, position_json, raw, status_state, Event, TestBroker, TestPki, Version, WAIT,
 };
 
 /// The lab role's certificates' role.
@@ -677,6 +677,35 @@ async fn receive_maximum_limits_the_messages_in_flight() -> Result<()> {
     );
     slow.ack(&first).await?;
     slow.expect_message("lab/flow", b"m3").await?;
+    Ok(())
+}
+
+/// The broker's Receive Maximum (`mqtt.receive_maximum`) is announced in the CONNACK; a client
+/// with more QoS 1 and 2 publishes unacknowledged than that is disconnected with 0x93.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_the_brokers_receive_maximum_is_disconnected() -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = lab_broker_with(&pki, |config| config.mqtt.receive_maximum = 2).await?;
+    let cert = pki.client("client", LAB)?;
+    let mut client = broker.client(&cert).v5().start()?;
+    let (_, properties) = client.expect_connack_v5().await?;
+    assert_eq!(properties.and_then(|p| p.receive_max), Some(2));
+    client.disconnect().await?;
+
+    // QoS 2 publishes whose exchanges the client never completes (no PUBREL).
+    let mut raw = broker.raw(&cert).await?;
+    let mut burst = raw::connect_v5("client", true, 30);
+    for pkid in 1..=3 {
+        burst.extend(raw::publish_v5("lab/flow", b"x", 2, pkid));
+    }
+    raw.send(&burst).await?;
+    let answers = raw.read_until_closed(WAIT).await?;
+    let last = answers.last().context("no answer")?;
+    assert_eq!(
+        (last.kind, last.body.first()),
+        (raw::DISCONNECT, Some(&0x93)),
+        "DISCONNECT 'receive maximum exceeded': {answers:?}"
+    );
     Ok(())
 }
 
