@@ -2,6 +2,9 @@
 //! as XML with the titles, axis names, dates and legend in it; PNG of the configured size
 //! with both sources' lines drawn; and a clear error when there is nothing to draw.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -10,15 +13,10 @@ use quick_xml::events::Event;
 use testkit::postgres::TestPostgres;
 
 async fn database() -> (TestPostgres, tokio_postgres::Client, Config) {
-    let postgres = TestPostgres::builder().fsync(false).start().unwrap();
-    let url = postgres.url();
-    let mut store = bridge::store::Store::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
+    let db = support::Database::start().await;
     let mut config = Config::default();
-    config.postgres.url = url.clone();
-    analytics::db::migrate(&config.postgres).await.unwrap();
-    let client = analytics::db::connect_once(&url).await.unwrap();
-    (postgres, client, config)
+    config.postgres.url = db.url();
+    (db.postgres, db.client, config)
 }
 
 /// 20 fleet days from 2026-10-10 (10 trips more each day, revenue 123.45 a day more) and

@@ -3,6 +3,8 @@
 //! `daily_zone`, published back to the lake and read there by DuckDB. Days of Europe/Berlin
 //! around the autumn change (2026-10-25 has 25 hours), counted by hand in daily/world.rs.
 
+#[path = "support/mod.rs"]
+mod support;
 #[path = "daily/world.rs"]
 mod world;
 
@@ -77,7 +79,7 @@ fn lake_zone_count(bucket_dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn days_around_the_autumn_change_are_exact_idempotent_and_a_late_row_moves_only_its_day() {
     let mut db = Database::start().await;
-    db.add_fleet_rows().await;
+    world::add_fleet_rows(&mut db).await;
     let dir = tempfile::tempdir().unwrap();
     let s3 = world::embedded(&dir.path().join("s3")).await;
     let config = world::config(

@@ -4,6 +4,8 @@
 //! and imports checked in PostgreSQL; a second import, an interrupted one, bad files, the
 //! command line and the import at start.
 
+#[path = "support/mod.rs"]
+mod support;
 #[path = "import/tlc.rs"]
 mod tlc;
 #[path = "import/world.rs"]

@@ -4,6 +4,8 @@
 
 #[path = "lake/fixture.rs"]
 mod fixture;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 
@@ -35,7 +37,7 @@ async fn export_both_days(config: &analytics::Config, lake: &Lake, db: &Database
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_reads_exactly_what_postgres_holds_and_a_rewritten_day_replaces_the_old_one() {
-    let db = Database::start().await;
+    let db = fixture::database().await;
     let dir = tempfile::tempdir().unwrap();
     let s3 = fixture::embedded(&dir.path().join("s3"), "127.0.0.1:0").await;
     let config = fixture::config(
@@ -126,7 +128,7 @@ async fn duckdb_reads_exactly_what_postgres_holds_and_a_rewritten_day_replaces_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_sql_over_moto_gives_postgres_totals() {
-    let db = Database::start().await;
+    let db = fixture::database().await;
     let moto = testkit::s3::MotoServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = fixture::config(

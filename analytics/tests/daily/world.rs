@@ -8,11 +8,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use analytics::Config;
-use testkit::postgres::TestPostgres;
+pub use crate::support::{config, date, duckdb, embedded, Database};
 
 /// Berlin Mitte and the Zoo, about 5 km apart.
 pub const A: (f64, f64) = (52.5200, 13.4050);
@@ -26,82 +22,12 @@ pub fn zone(place: (f64, f64)) -> String {
         .to_string()
 }
 
-pub fn date(text: &str) -> jiff::civil::Date {
-    text.parse().unwrap()
+/// Adds the fleet's rows, after their position partitions (UTC days 2026-10-22 ..= 10-27).
+pub async fn add_fleet_rows(db: &mut Database) {
+    db.position_partitions(jiff::civil::date(2026, 10, 22), 6)
+        .await;
+    db.client.batch_execute(&fleet_rows()).await.unwrap();
 }
-
-/// A database with the bridge's tables, the analytics migrations and the world's rows.
-pub struct Database {
-    pub postgres: TestPostgres,
-    pub client: tokio_postgres::Client,
-}
-
-impl Database {
-    pub async fn start() -> Database {
-        let postgres = TestPostgres::builder().fsync(false).start().unwrap();
-        let url = postgres.url();
-        let mut store = bridge::store::Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        let mut config = Config::default();
-        config.postgres.url = url.clone();
-        analytics::db::migrate(&config.postgres).await.unwrap();
-        let client = analytics::db::connect_once(&url).await.unwrap();
-        client.batch_execute(WINDOWS_IF_MISSING).await.unwrap();
-        Database { postgres, client }
-    }
-
-    /// Adds the fleet's rows (positions need their UTC day partitions first).
-    pub async fn add_fleet_rows(&mut self) {
-        let first = jiff::civil::date(2026, 10, 22)
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .unwrap()
-            .timestamp()
-            .as_millisecond()
-            / bridge::store::partitions::DAY_MS;
-        let days: Vec<i64> = (first..first + 6).collect();
-        bridge::store::partitions::create(&mut self.client, &days)
-            .await
-            .unwrap();
-        self.client.batch_execute(&fleet_rows()).await.unwrap();
-    }
-
-    /// Rows of text values (NULL as an empty string), columns joined with `|`.
-    pub async fn rows(&self, sql: &str) -> Vec<String> {
-        self.client
-            .query(sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| row.get::<_, Option<String>>(i).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-            .collect()
-    }
-}
-
-/// The speed layer's table, for a database where its migration has not made it (the export
-/// reads it).
-const WINDOWS_IF_MISSING: &str = "
-CREATE TABLE IF NOT EXISTS windows (
-    window_start    timestamptz      NOT NULL,
-    window_end      timestamptz      NOT NULL,
-    zone            text             NOT NULL,
-    positions       bigint           NOT NULL,
-    taxis           bigint           NOT NULL,
-    avg_speed_kmh   double precision,
-    max_speed_kmh   double precision,
-    tours_started   bigint           NOT NULL,
-    tours_ended     bigint           NOT NULL,
-    revenue_cents   bigint           NOT NULL,
-    orders_sent     bigint           NOT NULL,
-    orders_accepted bigint           NOT NULL,
-    late_events     bigint           NOT NULL,
-    computed_at     timestamptz      NOT NULL,
-    PRIMARY KEY (window_start, zone)
-);";
 
 /// Local days: 10-24 is [10-23 22:00Z, 10-24 22:00Z), 24 hours; 10-25 is
 /// [10-24 22:00Z, 10-25 23:00Z), 25 hours.
@@ -238,50 +164,4 @@ fn fleet_rows() -> String {
         invoices.join(" UNION ALL "),
         orders.join(", "),
     )
-}
-
-/// The analytics configuration of the tests: the database, a scratch directory, the lake at
-/// `endpoint` with quick retries, days of Europe/Berlin.
-pub fn config(db_url: &str, data_dir: PathBuf, endpoint: &str, access: (&str, &str)) -> Config {
-    let mut config = Config::default();
-    config.postgres.url = db_url.to_owned();
-    config.data_dir = data_dir;
-    config.time_zone = "Europe/Berlin".to_owned();
-    config.lake.endpoint = endpoint.to_owned();
-    config.lake.access_key_id = access.0.to_owned();
-    config.lake.secret_access_key = access.1.to_owned();
-    config.lake.publish_attempts = 3;
-    config.lake.min_backoff_ms = 50;
-    config.lake.max_backoff_ms = 200;
-    config.lake.connect_timeout_ms = 1_000;
-    config.lake.request_timeout_ms = 10_000;
-    config.validate().unwrap();
-    config
-}
-
-/// The embedded S3 server over `dir` on any free loopback port.
-pub async fn embedded(dir: &Path) -> bridge::archive::EmbeddedS3 {
-    bridge::archive::start_embedded(dir, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-/// Runs `sql` in DuckDB (Python) and returns its rows as `|`-joined text (NULL: empty).
-pub fn duckdb(sql: &str) -> Vec<String> {
-    let script = "import sys, duckdb\n\
-                  for row in duckdb.sql(sys.argv[1]).fetchall():\n    \
-                  print('|'.join('' if v is None else str(v) for v in row))";
-    let output = Command::new("python3")
-        .args(["-c", script, sql])
-        .output()
-        .expect("running python3 (with duckdb: scripts/setup installs it)");
-    assert!(
-        output.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }

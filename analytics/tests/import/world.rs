@@ -3,10 +3,12 @@
 //! plain files), the analytics configuration pointing at both, and DuckDB.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use analytics::Config;
 use testkit::postgres::TestPostgres;
+
+pub use crate::support::duckdb;
+use crate::support::{config, embedded, text_rows, Database};
 
 pub struct World {
     /// Kept running while the world lives.
@@ -20,32 +22,18 @@ pub struct World {
 
 impl World {
     pub async fn start() -> World {
-        let postgres = TestPostgres::builder().fsync(false).start().unwrap();
-        let url = postgres.url();
-        let mut store = bridge::store::Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+        let db = Database::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let s3 =
-            bridge::archive::start_embedded(&dir.path().join("s3"), "127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap();
-        let mut config = Config::default();
-        config.postgres.url = url.clone();
-        config.data_dir = dir.path().join("data");
-        config.lake.endpoint = s3.endpoint.clone();
-        config.lake.access_key_id = s3.access_key_id.clone();
-        config.lake.secret_access_key = s3.secret_access_key.clone();
-        config.lake.publish_attempts = 3;
-        config.lake.min_backoff_ms = 50;
-        config.lake.max_backoff_ms = 200;
-        config.lake.connect_timeout_ms = 1_000;
-        config.lake.request_timeout_ms = 10_000;
-        config.validate().unwrap();
-        analytics::db::migrate(&config.postgres).await.unwrap();
-        let client = analytics::db::connect_once(&url).await.unwrap();
+        let s3 = embedded(&dir.path().join("s3")).await;
+        let config = config(
+            &db.url(),
+            dir.path().join("data"),
+            &s3.endpoint,
+            (&s3.access_key_id, &s3.secret_access_key),
+        );
         World {
-            _postgres: postgres,
-            client,
+            _postgres: db.postgres,
+            client: db.client,
             _s3: s3,
             config,
             dir,
@@ -80,39 +68,8 @@ impl World {
 
     /// Rows of a query as `|`-joined text (NULL as an empty string).
     pub async fn rows(&self, sql: &str) -> Vec<String> {
-        self.client
-            .query(sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| row.get::<_, Option<String>>(i).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-            .collect()
+        text_rows(&self.client, sql).await
     }
-}
-
-/// Runs `sql` in DuckDB (Python) and returns its rows as `|`-joined text (NULL: empty).
-pub fn duckdb(sql: &str) -> Vec<String> {
-    let script = "import sys, duckdb\n\
-                  for row in duckdb.sql(sys.argv[1]).fetchall():\n    \
-                  print('|'.join('' if v is None else str(v) for v in row))";
-    let output = Command::new("python3")
-        .args(["-c", script, sql])
-        .output()
-        .expect("running python3 (with duckdb: scripts/setup installs it)");
-    assert!(
-        output.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Lowercase hex SHA-256 of a file.

@@ -1,90 +1,24 @@
 //! The lake tests' world: a PostgreSQL with the bridge's and the analytics layer's schema,
 //! known rows around a daylight-saving change in Europe/Berlin, S3 servers, and DuckDB.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use analytics::Config;
-use anyhow::{bail, Context};
-use testkit::postgres::TestPostgres;
+pub use crate::support::{config, date, embedded_on as embedded, try_duckdb as duckdb, Database};
 
 /// 2026-03-29: clocks go from 02:00 to 03:00 in Berlin, a day of 23 hours.
 pub const DST_DAY: &str = "2026-03-29";
 /// The ordinary day after it.
 pub const NEXT_DAY: &str = "2026-03-30";
 
-pub fn date(text: &str) -> jiff::civil::Date {
-    text.parse().unwrap()
+/// The database of the lake tests: every migration, position partitions for the UTC days
+/// 2026-03-27 ..= 2026-04-01, and the fixture's rows.
+pub async fn database() -> Database {
+    let mut db = Database::start().await;
+    db.position_partitions(jiff::civil::date(2026, 3, 27), 6)
+        .await;
+    db.client.batch_execute(ROWS).await.unwrap();
+    db
 }
-
-/// A database with the bridge's tables, the analytics migrations and the fixture's rows.
-pub struct Database {
-    pub postgres: TestPostgres,
-    pub client: tokio_postgres::Client,
-}
-
-impl Database {
-    pub async fn start() -> Database {
-        let postgres = TestPostgres::builder().fsync(false).start().unwrap();
-        let url = postgres.url();
-        let mut store = bridge::store::Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        let mut config = Config::default();
-        config.postgres.url = url.clone();
-        analytics::db::migrate(&config.postgres).await.unwrap();
-        let mut client = analytics::db::connect_once(&url).await.unwrap();
-        // Position partitions for the UTC days 2026-03-27 ..= 2026-04-01.
-        let first = jiff::civil::date(2026, 3, 27)
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .unwrap()
-            .timestamp()
-            .as_millisecond()
-            / bridge::store::partitions::DAY_MS;
-        let days: Vec<i64> = (first..first + 6).collect();
-        bridge::store::partitions::create(&mut client, &days)
-            .await
-            .unwrap();
-        client.batch_execute(WINDOWS_IF_MISSING).await.unwrap();
-        client.batch_execute(ROWS).await.unwrap();
-        Database { postgres, client }
-    }
-
-    /// One row of text values (NULL as an empty string), joined with `|`.
-    pub async fn rows(&self, sql: &str) -> Vec<String> {
-        self.client
-            .query(sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| row.get::<_, Option<String>>(i).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-            .collect()
-    }
-}
-
-/// The speed layer's table, as the lake expects it, for a database where it does not exist.
-const WINDOWS_IF_MISSING: &str = "
-CREATE TABLE IF NOT EXISTS windows (
-    window_start    timestamptz      NOT NULL,
-    window_end      timestamptz      NOT NULL,
-    zone            text             NOT NULL,
-    positions       bigint           NOT NULL,
-    taxis           bigint           NOT NULL,
-    avg_speed_kmh   double precision,
-    max_speed_kmh   double precision,
-    tours_started   bigint           NOT NULL,
-    tours_ended     bigint           NOT NULL,
-    revenue_cents   bigint           NOT NULL,
-    orders_sent     bigint           NOT NULL,
-    orders_accepted bigint           NOT NULL,
-    late_events     bigint           NOT NULL,
-    computed_at     timestamptz      NOT NULL,
-    PRIMARY KEY (window_start, zone)
-);";
 
 /// Three taxis from 2026-03-28 22:00 UTC (23:00 in Berlin) for about 67 hours: positions
 /// every 97 s, a tour every 2 hours (most invoiced, some flagged, the last one still
@@ -236,27 +170,6 @@ pub const LAKE_TOTALS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Runs `sql` in DuckDB (Python) and returns its rows as `|`-joined text (NULL: empty).
-pub fn duckdb(sql: &str) -> anyhow::Result<Vec<String>> {
-    let script = "import sys, duckdb\n\
-                  for row in duckdb.sql(sys.argv[1]).fetchall():\n    \
-                  print('|'.join('' if v is None else str(v) for v in row))";
-    let output = Command::new("python3")
-        .args(["-c", script, sql])
-        .output()
-        .context("running python3 (with duckdb: scripts/setup installs it)")?;
-    if !output.status.success() {
-        bail!(
-            "duckdb failed on {sql}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
-}
-
 /// DuckDB's totals of the lake objects of `bucket_dir` (the embedded server's directory of
 /// the bucket), read as plain Hive-partitioned files.
 pub fn duckdb_totals(bucket_dir: &Path, prefix: &str) -> Vec<String> {
@@ -274,30 +187,4 @@ pub fn duckdb_totals(bucket_dir: &Path, prefix: &str) -> Vec<String> {
         lines.extend(duckdb(&query.replace("{table}", &table)).unwrap());
     }
     lines
-}
-
-/// The analytics configuration of the tests: the database, a scratch directory, the lake at
-/// `endpoint` with quick retries.
-pub fn config(db_url: &str, data_dir: PathBuf, endpoint: &str, access: (&str, &str)) -> Config {
-    let mut config = Config::default();
-    config.postgres.url = db_url.to_owned();
-    config.data_dir = data_dir;
-    config.time_zone = "Europe/Berlin".to_owned();
-    config.lake.endpoint = endpoint.to_owned();
-    config.lake.access_key_id = access.0.to_owned();
-    config.lake.secret_access_key = access.1.to_owned();
-    config.lake.publish_attempts = 3;
-    config.lake.min_backoff_ms = 50;
-    config.lake.max_backoff_ms = 200;
-    config.lake.connect_timeout_ms = 1_000;
-    config.lake.request_timeout_ms = 10_000;
-    config.validate().unwrap();
-    config
-}
-
-/// The embedded S3 server over `dir` on `addr` (port 0: any).
-pub async fn embedded(dir: &Path, addr: &str) -> bridge::archive::EmbeddedS3 {
-    bridge::archive::start_embedded(dir, addr.parse().unwrap())
-        .await
-        .unwrap()
 }
