@@ -9,7 +9,8 @@
 //! - [`raw`]: hand-written MQTT 3.1.1 packets over mutual TLS, for what clients refuse to send.
 //! - [`http`]: a tiny HTTP/1.1 GET and a Prometheus text parser.
 //! - [`platform`]: broker, PostgreSQL, taxis and bridges together, for end-to-end tests.
-//! - [`bridge_process`]: the `bridge` program as a child process (to kill and restart).
+//! - [`service_process`]: a service program as a child process (to kill and restart):
+//!   [`bridge_process`] and [`analytics_process`] say how for the bridge and analytics.
 //! - [`archive`]: a bridge's raw archive read back from S3.
 //! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
 //! - [`dispatch`]: the orders API, taxis on their inbox, a broker restartable in place.
@@ -29,6 +30,7 @@ pub mod mqtt;
 pub mod pki;
 pub mod platform;
 pub mod raw;
+pub mod service_process;
 pub mod tours;
 
 use std::sync::Once;

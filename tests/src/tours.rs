@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use bridge::tours::tariff::{NightSurcharge, Tariff, TrackPoint, ZoneSurcharge, M_PER_DEG};
 
-use crate::bridge_process::{to_toml, BridgeProcess};
+use crate::bridge_process::BridgeProcess;
 use crate::mosquitto::SubProcess;
 use crate::platform::{eventually, Db, Platform, Progress, Taxi, ARRIVAL};
 
@@ -112,18 +112,6 @@ pub async fn next_published_invoice(backoffice: &mut SubProcess) -> Result<wire:
     let published = backoffice.expect_message(wire::INVOICES_TOPIC).await?;
     wire::Invoice::from_json(published.as_bytes())
         .with_context(|| format!("{published:?} is not an invoice"))
-}
-
-/// Kills the bridge process (SIGKILL) and starts it again on the same data directory and
-/// HTTP port, with `config` instead of its old configuration.
-pub async fn restart_with(process: &mut BridgeProcess, mut config: bridge::Config) -> Result<()> {
-    process.kill().await?;
-    config.http.listen = process.http_addr;
-    std::fs::write(&process.config_path, to_toml(&config)?)
-        .with_context(|| format!("writing {}", process.config_path.display()))?;
-    process.config = config;
-    process.start()?;
-    process.wait_ready().await
 }
 
 /// A point `km` kilometres north of [`ROUTE_START`], `s` seconds after `start_ms`.

@@ -11,7 +11,7 @@ use bridge::archive::embedded::EmbeddedS3;
 use bridge::archive::start_embedded;
 use testkit::s3::MotoServer;
 use tests::archive::{archived_multiset, read_all};
-use tests::bridge_process::{wait_for_metric, BridgeProcess};
+use tests::bridge_process::BridgeProcess;
 use tests::platform::{
     along, bounded, drive, eventually, expected_keys, external_archive, flow_metrics, home, ids,
     multiset_diff, position, wait_for_positions, Platform, Progress, Taxi, ARRIVAL,
@@ -324,8 +324,12 @@ async fn two_bridges_in_one_group_store_every_message_once() -> Result<()> {
         second.ensure_running()?;
 
         let total = (TAXIS as u64 * POSITIONS) as f64;
-        let a = wait_for_metric(&first, "bridge_messages_consumed_total", 1.0, ARRIVAL).await?;
-        let b = wait_for_metric(&second, "bridge_messages_consumed_total", 1.0, ARRIVAL).await?;
+        let a = first
+            .wait_for_metric("bridge_messages_consumed_total", 1.0, ARRIVAL)
+            .await?;
+        let b = second
+            .wait_for_metric("bridge_messages_consumed_total", 1.0, ARRIVAL)
+            .await?;
         eprintln!("consumed: b1 {a}, b2 {b} of {total}");
         assert!(
             a + b >= total,

@@ -5,14 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use tests::bridge_process::wait_for_metric;
 use tests::platform::{bounded, eventually, Platform, Progress, ARRIVAL};
 use tests::tours::{
     ensure_no_tour_dead_letters, follow_invoices, invoice, known_route, next_published_invoice,
-    north, platform_with_tours, recent_start_ms, restart_with, spawn_consuming, start_tours_bridge,
-    test_tariff, tour_dead_letters, tour_state, tours_config, verdicts, wait_for_inbox,
-    wait_for_invoice, wait_until_all_applied, wait_until_judged, TourTaxi, KNOWN_ROUTE_FARE_CENTS,
-    SETTLE_MS,
+    north, platform_with_tours, recent_start_ms, spawn_consuming, start_tours_bridge, test_tariff,
+    tour_dead_letters, tour_state, tours_config, verdicts, wait_for_inbox, wait_for_invoice,
+    wait_until_all_applied, wait_until_judged, TourTaxi, KNOWN_ROUTE_FARE_CENTS, SETTLE_MS,
 };
 use tests::WAIT;
 use wire::TourEventKind::{Ended, Started};
@@ -128,8 +126,12 @@ async fn a_tour_over_a_known_route_is_invoiced_to_the_taxi_and_the_backoffice() 
         ensure!(judged.iter().all(|v| v.4.is_none()), "{judged:?}");
         ensure_no_tour_dead_letters(&db, "taxi-7").await?;
         // Counted in /metrics.
-        wait_for_metric(&bridge, "bridge_invoices_issued_total", 1.0, WAIT).await?;
-        wait_for_metric(&bridge, "bridge_invoices_published_total", 1.0, WAIT).await?;
+        bridge
+            .wait_for_metric("bridge_invoices_issued_total", 1.0, WAIT)
+            .await?;
+        bridge
+            .wait_for_metric("bridge_invoices_published_total", 1.0, WAIT)
+            .await?;
         ensure!(bridge.metric("bridge_invoices_flagged_total").await? == 0.0);
         Ok(())
     })
@@ -439,7 +441,7 @@ async fn an_invoice_not_yet_published_is_published_after_a_restart() -> Result<(
         let mut backoffice = follow_invoices(&platform).await?;
         // Killed and started again, publishing: the pending invoice goes out.
         config.tours.publish_invoices = true;
-        restart_with(&mut bridge, config).await?;
+        bridge.restart_with(config).await?;
         let published = next_published_invoice(&mut backoffice).await?;
         ensure!(
             published.tour_id == "t-p" && published.fare_cents == KNOWN_ROUTE_FARE_CENTS,
