@@ -11,6 +11,7 @@
 //! - [`platform`]: broker, PostgreSQL, taxis and bridges together, for end-to-end tests.
 //! - [`service_process`]: a service program as a child process (to kill and restart):
 //!   [`bridge_process`] and [`analytics_process`] say how for the bridge and analytics.
+//! - [`reporting`]: the reporting service over HTTPS, its database rows, a Redis.
 //! - [`archive`]: a bridge's raw archive read back from S3.
 //! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
 //! - [`dispatch`]: the orders API, taxis on their inbox, a broker restartable in place.
@@ -30,6 +31,7 @@ pub mod mqtt;
 pub mod pki;
 pub mod platform;
 pub mod raw;
+pub mod reporting;
 pub mod service_process;
 pub mod tours;
 

@@ -7,6 +7,9 @@
 //! `zones_published_at` NULL) until the lake has it, so a publication that failed, even in a
 //! process that died since, is done by the next run.
 //!
+//! Every day written is notified on [`RECOMPUTED_CHANNEL`] when the transaction commits, so
+//! that readers caching days (the reporting API) drop them.
+//!
 //! Writers of one source hold a lock ([`lock`]) from the first write to the last
 //! publication, so that two of them (the schedule and an `analytics aggregate` by hand) never
 //! interleave their running totals or publish each other's rows half way.
@@ -22,6 +25,10 @@ use tokio_postgres::{Client, GenericClient, Row};
 
 use super::calendar;
 use super::summary::{DaySummary, OrderOutcomes, Source, StoredDay, Totals, ZoneRow};
+
+/// The channel on which each recomputed day (`YYYY-MM-DD`) is notified when its
+/// transaction commits: the day itself and the later days whose running totals moved.
+pub const RECOMPUTED_CHANNEL: &str = "daily_recomputed";
 
 /// Advisory lock class of the daily aggregates ("dail"); the second key is the source.
 const LOCK_CLASS: i32 = 0x6461_696c;
@@ -124,18 +131,27 @@ pub async fn replace_day(client: &mut Client, summary: &DaySummary) -> anyhow::R
                    FROM daily_fleet WHERE source = $1) c \
              WHERE f.source = $1 AND f.day = c.day AND f.day >= $2::text::date \
                AND f.cumulative_trips <> c.total \
-             RETURNING f.day > $2::text::date",
+             RETURNING f.day > $2::text::date, f.day::text",
             &[&source, &day],
         )
         .await
         .context("PostgreSQL: updating cumulative_trips")?;
-    tx.commit().await.context("PostgreSQL: committing a day")?;
+    // Readers that cache days (the reporting API) drop them when this commits.
+    let mut changed = vec![day.clone()];
     let mut later = 0;
-    for row in moved {
+    for row in &moved {
         if row.try_get::<_, bool>(0)? {
             later += 1;
+            changed.push(row.try_get(1)?);
         }
     }
+    tx.execute(
+        &format!("SELECT pg_notify('{RECOMPUTED_CHANNEL}', d) FROM unnest($1::text[]) AS d"),
+        &[&changed],
+    )
+    .await
+    .context("PostgreSQL: notifying the recomputed days")?;
+    tx.commit().await.context("PostgreSQL: committing a day")?;
     Ok(later)
 }
 
