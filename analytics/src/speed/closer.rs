@@ -63,6 +63,20 @@ pub struct Closer {
     started: bool,
     /// When the next window is due, as of the last tick.
     next_close_at_ms: Option<i64>,
+    /// The next window to close, as of the last close (None: not known yet).
+    next_window: Option<Window>,
+    /// Its positions read ahead, before it is due.
+    ahead: Option<ReadAhead>,
+}
+
+/// The positions of the next window to close, read while it fills up: every position
+/// received up to `until_ms`. Closing then reads only those received since, so that a busy
+/// window's row is written soon after it is due. Only in memory: after a restart the
+/// window is read whole, with the same result.
+struct ReadAhead {
+    window: Window,
+    aggregate: WindowAggregate,
+    until_ms: i64,
 }
 
 impl Closer {
@@ -72,6 +86,8 @@ impl Closer {
             settings,
             started: false,
             next_close_at_ms: None,
+            next_window: None,
+            ahead: None,
         }
     }
 
@@ -93,11 +109,19 @@ impl Closer {
         while let Some(window) = self.close_next(now_ms).await? {
             report.closed.push(window);
         }
+        self.read_ahead(now_ms).await?;
+        let scan = Instant::now();
         report.late_events = self.count_late(now_ms).await?;
+        let late_ms = scan.elapsed().as_millis() as u64;
         while let Some((window, stragglers)) = self.recount_next(now_ms).await? {
             report.recounted.push(window);
             report.stragglers += stragglers;
         }
+        tracing::trace!(
+            late_scan_ms = late_ms,
+            recount_ms = scan.elapsed().as_millis() as u64 - late_ms,
+            "windows: late scan and recount"
+        );
         Ok(report)
     }
 
@@ -114,10 +138,22 @@ impl Closer {
         if now_ms < due_at {
             transaction.rollback().await?;
             self.next_close_at_ms = Some(due_at);
+            self.next_window = Some(window);
             return Ok(None);
         }
-        let mut aggregate = WindowAggregate::new(s.zones);
-        read::window(&transaction, window, s.allowed_lateness_ms, &mut aggregate).await?;
+        let (mut aggregate, read_until_ms) = match self.ahead.take() {
+            Some(ahead) if ahead.window == window => (ahead.aggregate, Some(ahead.until_ms)),
+            _ => (WindowAggregate::new(s.zones), None),
+        };
+        read::window(
+            &transaction,
+            window,
+            s.allowed_lateness_ms,
+            read_until_ms,
+            &mut aggregate,
+        )
+        .await?;
+        let read_ms = began.elapsed().as_millis() as u64;
         if aggregate.without_zone > 0 {
             warn!(
                 window_start_ms = window.start_ms,
@@ -129,6 +165,7 @@ impl Closer {
         store::write_window(&transaction, window, &rows, now_ms).await?;
         store::advance(&transaction, Mark::ClosedUntil, window.end_ms).await?;
         transaction.commit().await?;
+        self.next_window = Some(Window::starting_from(window.end_ms, s.length_ms));
 
         let committed_ms = now_ms + began.elapsed().as_millis() as i64;
         metrics::counter!("analytics_windows_closed_total").increment(1);
@@ -138,9 +175,51 @@ impl Closer {
             window_start_ms = window.start_ms,
             zones = rows.len() - 1,
             positions = rows[0].positions,
+            read_ms,
+            total_ms = began.elapsed().as_millis() as u64,
+            late_by_ms = committed_ms - deadline,
             "window closed"
         );
         Ok(Some(window))
+    }
+
+    /// Reads ahead the positions of the next window to close received up to
+    /// `now_ms - commit_grace_ms` (never past its deadline: those are late).
+    async fn read_ahead(&mut self, now_ms: i64) -> anyhow::Result<()> {
+        let s = self.settings;
+        let Some(window) = self.next_window else {
+            return Ok(());
+        };
+        let until_ms =
+            (now_ms - s.commit_grace_ms).min(window.lateness_deadline_ms(s.allowed_lateness_ms));
+        if until_ms <= window.start_ms {
+            return Ok(());
+        }
+        let ahead = match self.ahead.take() {
+            Some(ahead) if ahead.window == window => ahead,
+            _ => ReadAhead {
+                window,
+                aggregate: WindowAggregate::new(s.zones),
+                until_ms: i64::MIN,
+            },
+        };
+        if until_ms <= ahead.until_ms {
+            self.ahead = Some(ahead);
+            return Ok(());
+        }
+        let mut ahead = ahead;
+        let after_ms = (ahead.until_ms != i64::MIN).then_some(ahead.until_ms);
+        read::positions(
+            &self.client,
+            window,
+            after_ms,
+            until_ms,
+            &mut ahead.aggregate,
+        )
+        .await?;
+        ahead.until_ms = until_ms;
+        self.ahead = Some(ahead);
+        Ok(())
     }
 
     /// Counts the late rows received since the last scan, up to `now_ms - commit_grace_ms`,

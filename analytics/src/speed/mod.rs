@@ -22,7 +22,10 @@
 //! `e + allowed_lateness` are committed by then. One transaction writes the window's rows
 //! and moves the progress on; then the publisher sends it on MQTT (it never holds the
 //! closing up). A PostgreSQL failure is retried with back-off; the window waits, nothing is
-//! skipped. On the very first start the current window is the first one.
+//! skipped. On the very first start the current window is the first one. While the next
+//! window fills up, its positions are read ahead every `late_scan_interval_ms`, each up to
+//! `now - commit_grace` (the same rule, applied in slices of receipt time), so that closing
+//! reads only the last seconds of a busy window; after a restart the window is read whole.
 //!
 //! **Late events** are counted every `late_scan_interval_ms`: the positions and tour events
 //! received since the last scan (up to `now - commit_grace`) whose device time lies in a

@@ -15,10 +15,11 @@ use tokio_postgres::GenericClient;
 use super::aggregate::{TourKind, WindowAggregate};
 use super::window::Window;
 
-/// Positions of a window received in time.
+/// Positions of a window received in `($3, $4]` (`$3` NULL: from the first).
 const WINDOW_POSITIONS: &str = "\
 SELECT taxi_id, lat, lon, speed_kmh FROM positions
- WHERE ts >= $1 AND ts < $2 AND received_at <= $3";
+ WHERE ts >= $1 AND ts < $2 AND received_at <= $4
+   AND ($3::timestamptz IS NULL OR received_at > $3)";
 
 /// Tour events of a window received in time, each tour and kind once: the same event sent
 /// again with another seq is one event (the first by device time, then seq, as the tour
@@ -72,27 +73,49 @@ fn instant(ms: i64, what: &str) -> anyhow::Result<Timestamp> {
     Timestamp::new(ms).with_context(|| format!("{what} ({ms} ms) is not a storable instant"))
 }
 
-/// Reads the window's positions, tour events and orders into `aggregate`.
-pub async fn window<C: GenericClient>(
+/// Reads the window's positions received in `(after_ms, until_ms]` (`after_ms` `None`:
+/// from the first) into `aggregate`; returns how many.
+pub async fn positions<C: GenericClient>(
     client: &C,
     window: Window,
-    allowed_lateness_ms: i64,
+    after_ms: Option<i64>,
+    until_ms: i64,
     aggregate: &mut WindowAggregate,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let start = instant(window.start_ms, "window start")?;
     let end = instant(window.end_ms, "window end")?;
-    let deadline = instant(window.lateness_deadline_ms(allowed_lateness_ms), "deadline")?;
-    let params: [&(dyn ToSql + Sync); 3] = [&start, &end, &deadline];
-
+    let after = after_ms.map(|ms| instant(ms, "read so far")).transpose()?;
+    let until = instant(until_ms, "read until")?;
+    let params: [&(dyn ToSql + Sync); 4] = [&start, &end, &after, &until];
     let rows = client
         .query_raw(WINDOW_POSITIONS, params.iter().copied())
         .await
         .context("reading the window's positions")?;
     pin_mut!(rows);
+    let mut read = 0;
     while let Some(row) = rows.try_next().await.context("reading a position")? {
         let taxi_id: &str = row.try_get(0)?;
         aggregate.add_position(taxi_id, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        read += 1;
     }
+    Ok(read)
+}
+
+/// Reads the window's positions received since `after_ms` (all of them with `None`), its
+/// tour events and its orders into `aggregate`.
+pub async fn window<C: GenericClient>(
+    client: &C,
+    window: Window,
+    allowed_lateness_ms: i64,
+    after_ms: Option<i64>,
+    aggregate: &mut WindowAggregate,
+) -> anyhow::Result<()> {
+    let deadline_ms = window.lateness_deadline_ms(allowed_lateness_ms);
+    positions(client, window, after_ms, deadline_ms, aggregate).await?;
+    let start = instant(window.start_ms, "window start")?;
+    let end = instant(window.end_ms, "window end")?;
+    let deadline = instant(deadline_ms, "deadline")?;
+    let params: [&(dyn ToSql + Sync); 3] = [&start, &end, &deadline];
 
     let tours = client
         .query(WINDOW_TOUR_EVENTS, &params)

@@ -307,6 +307,71 @@ async fn a_window_holds_what_was_received_by_its_deadline() {
 }
 
 #[tokio::test]
+async fn a_window_read_ahead_in_slices_has_the_figures_of_one_read_whole() {
+    let pg = cluster().await;
+    let url = pg.url();
+    let mut bridge = prepare(&url).await;
+    let db = connect(&url).await;
+    let mut closer = Closer::new(connect(&url).await, settings());
+    assert!(closer.tick(T0 + 1).await.unwrap().closed.is_empty());
+
+    // First slice: read ahead up to T0 + 4 700 (now - grace) at T0 + 5 000.
+    bridge
+        .write(&[
+            position("a", 1, T0 + 1_000, ALEX, Some(20.0), T0 + 1_100),
+            position("b", 1, T0 + 2_000, ALEX, Some(40.0), T0 + 2_100),
+        ])
+        .await
+        .unwrap();
+    assert!(closer.tick(T0 + 5_000).await.unwrap().closed.is_empty());
+    // Second slice, (4 700, 7 700]; then the rest up to the deadline, when it closes.
+    bridge
+        .write(&[position("a", 2, T0 + 6_000, ALEX, Some(60.0), T0 + 6_100)])
+        .await
+        .unwrap();
+    assert!(closer.tick(T0 + 8_000).await.unwrap().closed.is_empty());
+    bridge
+        .write(&[
+            position("c", 1, T0 + 9_999, GATE, Some(80.0), T0 + 12_000),
+            // Too late: received after the deadline.
+            position("c", 2, T0 + 9_000, GATE, Some(99.0), T0 + 12_001),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(closed(&closer.tick(T0 + 12_300).await.unwrap()), [T0]);
+
+    let window = rows(&db, T0).await;
+    let fleet = &window[0];
+    assert_eq!(
+        (
+            fleet.positions,
+            fleet.taxis,
+            fleet.avg_speed_kmh,
+            fleet.max_speed_kmh
+        ),
+        (4, 3, Some(50.0), Some(80.0)),
+        "every position once: none read twice across slices, none left out"
+    );
+    let zones: Vec<(&str, i64, i64)> = window[1..]
+        .iter()
+        .map(|z| (z.zone.as_str(), z.positions, z.taxis))
+        .collect();
+    assert_eq!(zones, [(GATE_ZONE, 1, 1), (ALEX_ZONE, 3, 2)]);
+
+    // A fresh closer on the same rows (as after a restart) reads the window whole: the same.
+    db.execute("DELETE FROM windows", &[]).await.unwrap();
+    db.execute(
+        "UPDATE windows_progress SET closed_until = to_timestamp($1::float8 / 1000)",
+        &[&(T0 as f64)],
+    )
+    .await
+    .unwrap();
+    let mut fresh = Closer::new(connect(&url).await, settings());
+    assert_eq!(closed(&fresh.tick(T0 + 12_300).await.unwrap()), [T0]);
+    assert_eq!(rows(&db, T0).await, window);
+}
+
+#[tokio::test]
 async fn late_rows_and_rows_committed_after_the_close_become_late_events_once() {
     let pg = cluster().await;
     let url = pg.url();

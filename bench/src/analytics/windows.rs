@@ -3,6 +3,7 @@
 //! for each window, the delay from its end plus the allowed lateness to its fleet row being
 //! visible in PostgreSQL (polled every 10 ms). The baseline, in the same run, is the bridge's
 //! own receive-to-commit delay: a window cannot be right before its last position is stored.
+//! The bridge and the speed layer each run on their own runtime, as their own processes do.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,9 +93,20 @@ pub async fn run(args: &WindowsArgs) -> Result<WindowsResult> {
     config.windows.allowed_lateness_ms = args.lateness_ms;
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.validate().context("analytics configuration")?;
-    let _analytics = analytics::start(config).await?;
+    // Its own runtime, as `analytics run` is its own process: the taxis' load generator
+    // in this process does not take its turns.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("analytics")
+        .enable_all()
+        .build()
+        .context("starting the analytics runtime")?;
+    let _analytics = runtime
+        .spawn(analytics::start(config))
+        .await
+        .context("analytics start task failed")??;
 
     let outcome = measure(args, &pki, addr, &url, &bridge).await;
+    runtime.shutdown_background();
     bridge.stop().await;
     broker.stop(Duration::from_secs(5)).await;
     drop(database);
