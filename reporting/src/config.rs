@@ -334,3 +334,99 @@ impl Config {
         jiff::tz::TimeZone::get(&self.time_zone).unwrap_or(jiff::tz::TimeZone::UTC)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_file() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/reporting.toml")
+    }
+
+    #[test]
+    fn the_documented_file_shows_every_default() {
+        let loaded = service::load(
+            Config::default(),
+            Some(&sample_file()),
+            "REPORTING_TEST_NONE_",
+            &[],
+        )
+        .expect("config/reporting.toml loads");
+        assert_eq!(
+            serde_json::to_value(&loaded).expect("serializes"),
+            serde_json::to_value(Config::default()).expect("serializes")
+        );
+    }
+
+    fn valid() -> Config {
+        let mut config = Config::default();
+        config.postgres.url = "postgres://postgres@127.0.0.1:5432/fleet".to_owned();
+        config.auth.tokens = vec![StaticToken {
+            name: "export".to_owned(),
+            sha256: "ab".repeat(32),
+            role: "analyst".to_owned(),
+        }];
+        config
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        assert!(valid().validate().is_ok());
+        let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+            (Box::new(|c| c.postgres.url.clear()), "postgres.url"),
+            (
+                Box::new(|c| c.time_zone = "Mars/Olympus".to_owned()),
+                "time_zone",
+            ),
+            (
+                Box::new(|c| {
+                    c.http.tls_cert = None;
+                    c.http.tls_key = None;
+                    c.http.plain = true;
+                    c.http.listen = SocketAddr::from(([0, 0, 0, 0], 8080));
+                }),
+                "http.plain",
+            ),
+            (Box::new(|c| c.http.tls_key = None), "http.tls_cert"),
+            (
+                Box::new(|c| c.auth.tokens[0].role = "boss".to_owned()),
+                "auth.tokens[0].role",
+            ),
+            (
+                Box::new(|c| c.auth.tokens[0].sha256 = "xyz".to_owned()),
+                "auth.tokens[0].sha256",
+            ),
+            (Box::new(|c| c.auth.tokens.clear()), "auth"),
+            (
+                Box::new(|c| {
+                    c.auth
+                        .roles
+                        .insert("viewer".to_owned(), vec!["everything".to_owned()]);
+                }),
+                "auth.roles.viewer",
+            ),
+            (
+                Box::new(|c| c.cache.redis_url = Some("localhost:6379".to_owned())),
+                "cache.redis_url",
+            ),
+            (
+                Box::new(|c| c.pages.default_limit = 0),
+                "pages.default_limit",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut config = valid();
+            change(&mut config);
+            let error = config.validate().expect_err(key).to_string();
+            assert!(error.starts_with(&format!("{key}:")), "{key}: {error}");
+        }
+        let mut plain = valid();
+        plain.http.tls_cert = None;
+        plain.http.tls_key = None;
+        plain.http.plain = true;
+        assert!(
+            plain.validate().is_ok(),
+            "plain HTTP on loopback is allowed"
+        );
+    }
+}
