@@ -369,10 +369,13 @@ mod tests {
         config
     }
 
+    /// A change to a valid configuration, and the key its error must name.
+    type Case = (Box<dyn Fn(&mut Config)>, &'static str);
+
     #[test]
     fn each_bad_value_names_its_key() {
         assert!(valid().validate().is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (Box::new(|c| c.postgres.url.clear()), "postgres.url"),
             (
                 Box::new(|c| c.time_zone = "Mars/Olympus".to_owned()),
