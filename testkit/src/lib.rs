@@ -2,7 +2,9 @@
 //!
 //! - [`postgres`]: a private PostgreSQL cluster from the system's binaries.
 //! - [`s3`]: `moto_server`, an independent S3 implementation.
+//! - [`oidc`]: `oidc-provider`, a certified OpenID provider (Node.js).
 
+pub mod oidc;
 pub mod postgres;
 pub mod s3;
 
