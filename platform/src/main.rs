@@ -4,7 +4,10 @@
 //! under `data/postgres` from the system's binaries, unless `DATABASE_URL` is set), the
 //! broker, the bridge with its embedded S3-compatible archive (unless `BRIDGE_ARCHIVE__*`
 //! points elsewhere), the analytics layer (its lake in the same object store), and a
-//! simulated fleet. Then it prints where to look.
+//! simulated fleet; with `--monitoring`, Prometheus scraping all of it (see `monitoring.rs`).
+//! Then it prints where to look.
+
+mod monitoring;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,6 +40,13 @@ struct Cli {
     /// Port of the local PostgreSQL cluster.
     #[arg(long, default_value_t = 5433)]
     postgres_port: u16,
+    /// Also run Prometheus (Debian package `prometheus`) on the shipped monitoring
+    /// configuration, over HTTPS with basic auth.
+    #[arg(long)]
+    monitoring: bool,
+    /// Port of Prometheus (with `--monitoring`).
+    #[arg(long, default_value_t = 9090)]
+    monitoring_port: u16,
 }
 
 const CERTS: &str = "certs/dev";
@@ -49,6 +59,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.monitoring {
+        monitoring::check_installed()?;
+    }
     dev_pki(Path::new(CERTS))?;
 
     // PostgreSQL: DATABASE_URL, or a private cluster kept under the data directory.
@@ -96,8 +109,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let analytics_config_for_guide = analytics_config.clone();
     let analytics = analytics::start(analytics_config).await?;
 
+    let monitoring = if cli.monitoring {
+        let targets = monitoring::Targets {
+            broker: broker.http_addr,
+            bridge: bridge.http_addr,
+            analytics: analytics.http_addr,
+            reporting: None,
+        };
+        let data = cli.data.clone();
+        let port = cli.monitoring_port;
+        info!(port, "starting Prometheus");
+        let started = tokio::task::spawn_blocking(move || {
+            monitoring::start(&data, Path::new(CERTS), &targets, port)
+        })
+        .await
+        .context("starting Prometheus")??;
+        Some(started)
+    } else {
+        None
+    };
+
     print_guide(&database_url, &broker, &bridge, &archive);
     print_analytics_guide(&analytics_config_for_guide, &analytics, &lake);
+    if let Some(monitoring) = &monitoring {
+        print!("{}", monitoring::guide(monitoring));
+    }
 
     if cli.taxis > 0 {
         let fleet = simulator::fleet::FleetArgs {
@@ -117,8 +153,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
-    // Ctrl-C or SIGTERM: the local PostgreSQL is stopped cleanly either way (on drop).
-    service::process::stopped().await
+    // Ctrl-C or SIGTERM: the local PostgreSQL and Prometheus are stopped cleanly either way
+    // (on drop).
+    let stopped = service::process::stopped().await;
+    drop(monitoring);
+    stopped
 }
 
 /// Creates the development CA, server and client certificates if missing.

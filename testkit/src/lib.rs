@@ -2,10 +2,12 @@
 //!
 //! - [`postgres`]: a private PostgreSQL cluster from the system's binaries.
 //! - [`s3`]: `moto_server`, an independent S3 implementation.
+//! - [`prometheus`]: Prometheus over HTTPS with basic auth, and its configuration files.
 //! - [`oidc`]: `oidc-provider`, a certified OpenID provider (Node.js).
 
 pub mod oidc;
 pub mod postgres;
+pub mod prometheus;
 pub mod s3;
 
 /// A free TCP port on 127.0.0.1 (bound then released).

@@ -16,6 +16,7 @@
 //! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
 //! - [`dispatch`]: the orders API, taxis on their inbox, a broker restartable in place.
 //! - [`conformance`]: the Eclipse paho interoperability suite through an mTLS shim.
+//! - [`monitoring`]: the files of `monitoring/`, `promtool`, and a real Prometheus over HTTPS.
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
 
@@ -26,6 +27,7 @@ pub mod broker;
 pub mod conformance;
 pub mod dispatch;
 pub mod http;
+pub mod monitoring;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;
