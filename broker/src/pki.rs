@@ -233,6 +233,20 @@ impl DevPki {
         &self.ca
     }
 
+    /// Issues `<name>.pem` and `<name>.key`, a server certificate for `hosts` (another HTTPS
+    /// service of the platform), replacing any earlier pair of that name.
+    pub fn issue_server(&self, name: &str, hosts: &[&str]) -> Result<(PathBuf, PathBuf)> {
+        if !wire::is_valid_device_id(name) {
+            bail!("invalid name {name:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'");
+        }
+        let issued = self.ca.issue_server(hosts)?;
+        let cert = self.dir.join(format!("{name}.pem"));
+        let key = self.dir.join(format!("{name}.key"));
+        write_private(&key, &issued.key_pem)?;
+        write(&cert, &issued.cert_pem)?;
+        Ok((cert, key))
+    }
+
     /// Issues `<id>.pem` and `<id>.key` for a client with the given role, replacing any
     /// earlier pair of that id.
     pub fn issue_client(&self, id: &str, role: &str, days: i64) -> Result<(PathBuf, PathBuf)> {

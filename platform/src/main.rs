@@ -3,8 +3,9 @@
 //! Starts, in one process: a development PKI (`certs/dev`), PostgreSQL (a private cluster
 //! under `data/postgres` from the system's binaries, unless `DATABASE_URL` is set), the
 //! broker, the bridge with its embedded S3-compatible archive (unless `BRIDGE_ARCHIVE__*`
-//! points elsewhere), the analytics layer (its lake in the same object store), and a
-//! simulated fleet; with `--monitoring`, Prometheus scraping all of it (see `monitoring.rs`).
+//! points elsewhere), the analytics layer (its lake in the same object store), the reporting
+//! API (HTTPS, a development token), and a simulated fleet; with `--monitoring`, Prometheus
+//! scraping all of it (see `monitoring.rs`).
 //! Then it prints where to look.
 
 mod monitoring;
@@ -34,6 +35,9 @@ struct Cli {
     /// Analytics configuration file (see config/analytics.toml).
     #[arg(long)]
     analytics_config: Option<PathBuf>,
+    /// Reporting configuration file (see config/reporting.toml).
+    #[arg(long)]
+    reporting_config: Option<PathBuf>,
     /// Where local state lives: PostgreSQL cluster, archive spool, embedded S3 objects.
     #[arg(long, default_value = "data")]
     data: PathBuf,
@@ -52,6 +56,8 @@ struct Cli {
 const CERTS: &str = "certs/dev";
 /// The dispatch API's bearer token on a development platform (printed at start-up).
 const DEV_API_TOKEN: &str = "taxi-dev-token";
+/// The reporting API's static token on a development platform (role admin; printed).
+const DEV_REPORTING_TOKEN: &str = "reporting-dev-token";
 
 fn main() -> ExitCode {
     service::logging::init();
@@ -109,12 +115,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let analytics_config_for_guide = analytics_config.clone();
     let analytics = analytics::start(analytics_config).await?;
 
+    let reporting_config = reporting_config(&cli, &database_url, &analytics_config_for_guide)?;
+    let reporting_scheme = if reporting_config.http.plain {
+        "http"
+    } else {
+        "https"
+    };
+    let reporting = reporting::start(reporting_config).await?;
+
     let monitoring = if cli.monitoring {
         let targets = monitoring::Targets {
             broker: broker.http_addr,
             bridge: bridge.http_addr,
             analytics: analytics.http_addr,
-            reporting: None,
+            reporting: Some(reporting.ops_addr),
         };
         let data = cli.data.clone();
         let port = cli.monitoring_port;
@@ -131,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     print_guide(&database_url, &broker, &bridge, &archive);
     print_analytics_guide(&analytics_config_for_guide, &analytics, &lake);
+    print_reporting_guide(&reporting, reporting_scheme);
     if let Some(monitoring) = &monitoring {
         print!("{}", monitoring::guide(monitoring));
     }
@@ -173,7 +188,45 @@ fn dev_pki(dir: &Path) -> anyhow::Result<()> {
             pki.issue_client(id, role, 365)?;
         }
     }
+    if !dir.join("reporting.pem").exists() {
+        pki.issue_server("reporting", &["localhost", "127.0.0.1", "::1"])?;
+    }
     Ok(())
+}
+
+/// The reporting API on this platform: the same database and time zone as analytics, the
+/// development certificate, and the development token (role admin).
+fn reporting_config(
+    cli: &Cli,
+    database_url: &str,
+    analytics: &analytics::Config,
+) -> anyhow::Result<reporting::Config> {
+    let mut defaults = reporting::Config::default();
+    defaults.postgres.url = database_url.to_owned();
+    defaults.time_zone = analytics.time_zone.clone();
+    defaults.auth.tokens = vec![reporting::config::StaticToken {
+        name: "dev".to_owned(),
+        sha256: reporting::auth::tokens::token_sha256(DEV_REPORTING_TOKEN),
+        role: "admin".to_owned(),
+    }];
+    Ok(reporting::Config::load_with_defaults(
+        defaults,
+        cli.reporting_config.as_deref(),
+    )?)
+}
+
+/// How to read the reports.
+fn print_reporting_guide(reporting: &reporting::RunningReporting, scheme: &str) {
+    let api = format!("{scheme}://localhost:{}", reporting.api_addr.port());
+    println!(
+        "Reporting API {api}/v1 (metrics http://{ops}/metrics; development token {DEV_REPORTING_TOKEN}, role admin):
+  curl -s --cacert {CERTS}/ca.pem -H 'Authorization: Bearer {DEV_REPORTING_TOKEN}' {api}/v1/fleet
+  curl -s --cacert {CERTS}/ca.pem -H 'Authorization: Bearer {DEV_REPORTING_TOKEN}' '{api}/v1/windows?limit=6'
+  curl -s --cacert {CERTS}/ca.pem -H 'Authorization: Bearer {DEV_REPORTING_TOKEN}' {api}/v1/taxis/taxi-1/summary
+  curl -s --cacert {CERTS}/ca.pem -H 'Authorization: Bearer {DEV_REPORTING_TOKEN}' -H 'Accept: text/csv' {api}/v1/taxis/taxi-1/route
+",
+        ops = reporting.ops_addr,
+    );
 }
 
 /// The analytics layer's configuration on this platform: the same database, the broker
