@@ -55,6 +55,32 @@ pub(crate) fn date_of(day: i32) -> anyhow::Result<jiff::civil::Date> {
     .with_context(|| format!("day {year}-{month}-{date}"))
 }
 
+/// Columns whose values are nearly all different (ids, instants, coordinates, distances):
+/// a dictionary would never pay, and trying one costs a hash of every value.
+const WITHOUT_DICTIONARY: [&str; 8] = [
+    "line",
+    "pickup_at",
+    "dropoff_at",
+    "distance_m",
+    "pickup_lon",
+    "pickup_lat",
+    "dropoff_lon",
+    "dropoff_lat",
+];
+
+/// The lake's writer settings, without dictionaries for [`WITHOUT_DICTIONARY`].
+fn writer_properties() -> parquet::file::properties::WriterProperties {
+    WITHOUT_DICTIONARY
+        .iter()
+        .fold(lake::writer_properties_builder(), |builder, column| {
+            builder.set_column_dictionary_enabled(
+                parquet::schema::types::ColumnPath::from(*column),
+                false,
+            )
+        })
+        .build()
+}
+
 /// The per-day builders of the reading thread and the queue to the writer thread.
 pub(crate) struct Output {
     schema: SchemaRef,
@@ -214,7 +240,7 @@ fn write_days(
                 let writer = ArrowWriter::try_new(
                     BufWriter::with_capacity(1 << 20, file),
                     schema.clone(),
-                    Some(lake::writer_properties()),
+                    Some(writer_properties()),
                 )
                 .with_context(|| format!("starting {}", path.display()))?;
                 slot.insert(Open {

@@ -154,10 +154,14 @@ impl Lake {
 /// Parquet writer settings every dataset uses: zstd, row groups of 128 Ki rows with column
 /// and page statistics, so that a filter on the sort columns (day, taxi) skips row groups.
 pub fn writer_properties() -> WriterProperties {
+    writer_properties_builder().build()
+}
+
+/// [`writer_properties`] still open for per-column settings.
+pub fn writer_properties_builder() -> parquet::file::properties::WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_max_row_group_row_count(Some(128 * 1024))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_created_by("taxi-platform analytics".to_owned())
-        .build()
 }
