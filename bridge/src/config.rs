@@ -187,6 +187,10 @@ pub struct DispatchConfig {
 pub struct DispatchApiConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
+    /// HTTPS with this certificate chain and key (PEM). Both unset: plain HTTP, allowed on a
+    /// loopback address only (bearer tokens must not cross a network in clear).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Who may call it: `[[dispatch.api.tokens]] name = "...", sha256 = "<hex>"`.
     pub tokens: Vec<ApiToken>,
 }
@@ -278,6 +282,8 @@ impl Default for Config {
                 api: DispatchApiConfig {
                     enabled: false,
                     listen: SocketAddr::from(([127, 0, 0, 1], 9885)),
+                    tls_cert: None,
+                    tls_key: None,
                     tokens: Vec::new(),
                 },
             },
@@ -406,6 +412,26 @@ impl DispatchConfig {
                 "the API needs dispatch: set dispatch.enabled = true",
             );
         }
+        match (&self.api.tls_cert, &self.api.tls_key) {
+            (Some(_), Some(_)) => {}
+            (None, None) if self.api.enabled && !self.api.listen.ip().is_loopback() => {
+                return invalid(
+                    "dispatch.api.listen",
+                    &format!(
+                        "plain HTTP is allowed on a loopback address only, not {}: set \
+                         dispatch.api.tls_cert and dispatch.api.tls_key",
+                        self.api.listen
+                    ),
+                );
+            }
+            (None, None) => {}
+            _ => {
+                return invalid(
+                    "dispatch.api.tls_cert",
+                    "dispatch.api.tls_cert and dispatch.api.tls_key go together",
+                );
+            }
+        }
         if self.api.enabled && self.api.tokens.is_empty() {
             return invalid(
                 "dispatch.api.tokens",
@@ -497,6 +523,22 @@ mod tests {
         assert!(error.to_string().contains("listed twice"), "{error}");
         config.dispatch.api.tokens[1].sha256 = "b".repeat(64);
         config.validate().expect("valid");
+        // Plain HTTP only on loopback; TLS files go together.
+        config.dispatch.api.listen = SocketAddr::from(([0, 0, 0, 0], 9885));
+        let error = config
+            .validate()
+            .expect_err("plain HTTP on every interface");
+        assert!(error.to_string().contains("dispatch.api.listen"), "{error}");
+        config.dispatch.api.tls_cert = Some(PathBuf::from("dispatch.pem"));
+        let error = config
+            .validate()
+            .expect_err("a certificate without its key");
+        assert!(
+            error.to_string().contains("dispatch.api.tls_cert"),
+            "{error}"
+        );
+        config.dispatch.api.tls_key = Some(PathBuf::from("dispatch.key"));
+        config.validate().expect("HTTPS on every interface");
         config.dispatch.enabled = false;
         let error = config.validate().expect_err("API without dispatch");
         assert!(

@@ -5,7 +5,6 @@
 //! - [`auth`]: OpenID Connect access tokens and static tokens, roles and permissions.
 //! - [`api`]: the `/v1` reports, paged JSON and streamed CSV.
 //! - [`cache`]: answers kept in process or in Redis, dropped when a day is recomputed.
-//! - [`tls`]: HTTPS served by the service itself.
 //!
 //! It reads the platform's database (the bridge's and the analytics layer's tables) and
 //! writes nothing there.
@@ -14,7 +13,6 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -51,7 +49,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningReporting> {
         cache.clone(),
     ));
     let tls = match (&config.http.tls_cert, &config.http.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(service::tls::server_config(
+            cert,
+            key,
+            ("http.tls_cert", "http.tls_key"),
+        )?),
         _ => None,
     };
     let listener = TcpListener::bind(config.http.listen)
@@ -72,23 +74,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningReporting> {
         exports: api::listing::exports(MAX_EXPORTS),
     };
     let app = api::router(state);
-    match tls {
-        Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls)?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "the API server stopped");
-                }
-            });
-        }
-        None => {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "the API server stopped");
-                }
-            });
-        }
-    }
+    service::tls::serve(
+        listener,
+        tls,
+        app,
+        "the API server",
+        "reporting_tls_handshake_failures_total",
+    )?;
     let health: service::ops::HealthCheck = Arc::new(move || {
         let pool = pool.clone();
         Box::pin(async move {

@@ -805,3 +805,49 @@ async fn orders_published_over_mqtt_and_answered_at_once_end_answered() -> Resul
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatch_api_serves_https_when_given_a_certificate() -> Result<()> {
+    bounded(LIMIT, async {
+        let platform = Platform::start().await?;
+        let mut config = dispatch_config(&platform, "d1", 30_000)?;
+        config.dispatch.api.tls_cert = Some(platform.pki.server_cert_path().to_owned());
+        config.dispatch.api.tls_key = Some(platform.pki.server_key_path().to_owned());
+        let running = platform.start_bridge(&config).await?;
+        let addr = running
+            .dispatch_api
+            .context("the dispatch API is not running")?;
+        wait_dispatch_subscribed(running.http_addr, 1.0).await?;
+
+        let https = tests::reporting::https_client(&platform.pki)?;
+        let created = https
+            .post(format!("https://localhost:{}/v1/orders", addr.port()))
+            .bearer_auth(tests::dispatch::TOKEN)
+            .json(&serde_json::json!({"taxi_id": "taxi-a", "kind": "message", "text": "over TLS"}))
+            .send()
+            .await?;
+        assert_eq!(created.status().as_u16(), 201);
+        let order: serde_json::Value = created.json().await?;
+        assert_eq!(order["text"], "over TLS");
+        let without_token = https
+            .get(format!(
+                "https://localhost:{}/v1/taxis/taxi-a/orders",
+                addr.port()
+            ))
+            .send()
+            .await?;
+        assert_eq!(without_token.status().as_u16(), 401);
+
+        // Plain HTTP on the same port gets no HTTP answer.
+        let plain = DispatchApi { addr };
+        assert!(
+            plain
+                .call("GET", "/v1/taxis/taxi-a/orders", None)
+                .await
+                .is_err(),
+            "the port must not speak plain HTTP"
+        );
+        Ok(())
+    })
+    .await
+}

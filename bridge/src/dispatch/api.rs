@@ -6,6 +6,9 @@
 //! - `GET /v1/orders/{order_id}`: the order, its state and its history.
 //! - `GET /v1/taxis/{taxi_id}/orders?state=&limit=`: a taxi's orders, newest first.
 //!
+//! Served over HTTPS with `dispatch.api.tls_cert`/`tls_key`, otherwise plain HTTP on a
+//! loopback address only.
+//!
 //! Every request needs `Authorization: Bearer <token>` (401 otherwise, before anything else
 //! is looked at). Every field is checked; a problem is a 4xx answer `{"error": "...",
 //! "field": "..."}`. Each request is logged with the caller's token name.
@@ -132,12 +135,23 @@ pub async fn start(
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "dispatch API stopped");
-        }
-    });
-    info!(listen = %addr, "dispatch API listening");
+    let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) => Some(service::tls::server_config(
+            cert,
+            key,
+            ("dispatch.api.tls_cert", "dispatch.api.tls_key"),
+        )?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    service::tls::serve(
+        listener,
+        tls,
+        app,
+        "dispatch API",
+        "dispatch_api_tls_handshake_failures_total",
+    )?;
+    info!(listen = %addr, scheme, "dispatch API listening");
     Ok(addr)
 }
 

@@ -1,9 +1,10 @@
-//! HTTPS for the API: a listener that hands `axum::serve` connections whose TLS handshake is
-//! done, so that TLS runs all the way to the service (no proxy in front is needed).
+//! HTTPS for a service's HTTP API (reporting, dispatch): a listener that hands `axum::serve`
+//! connections whose TLS handshake is done, so that TLS runs all the way to the service (no
+//! proxy in front is needed).
 //!
 //! Handshakes run in their own tasks (a slow or silent client holds up nobody) and give up
-//! after [`HANDSHAKE_TIMEOUT`]; failed ones are counted in
-//! `reporting_tls_handshake_failures_total` and logged at debug level.
+//! after [`HANDSHAKE_TIMEOUT`]; failed ones are counted in the metric the service names and
+//! logged at debug level.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,19 +26,24 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handshaken but not yet taken by the server.
 const READY_QUEUE: usize = 128;
 
-/// The server's TLS settings from a PEM chain and key; HTTP/1.1 announced by ALPN.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+/// The server's TLS settings from a PEM chain and key; HTTP/1.1 announced by ALPN. `keys`
+/// names the two configuration keys, for errors (e.g. `http.tls_cert`, `http.tls_key`).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    (cert_key, key_key): (&str, &str),
+) -> anyhow::Result<Arc<ServerConfig>> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("http.tls_cert {}", cert.display()))?
+        .with_context(|| format!("{cert_key} {}", cert.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("http.tls_cert {}", cert.display()))?;
+        .with_context(|| format!("{cert_key} {}", cert.display()))?;
     anyhow::ensure!(
         !chain.is_empty(),
-        "http.tls_cert {}: no certificate in the file",
+        "{cert_key} {}: no certificate in the file",
         cert.display()
     );
     let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("http.tls_key {}", key.display()))?;
+        .with_context(|| format!("{key_key} {}", key.display()))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -45,7 +51,7 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
     .context("TLS versions")?
     .with_no_client_auth()
     .with_single_cert(chain, key)
-    .context("http.tls_cert and http.tls_key do not make a certificate and its key")?;
+    .with_context(|| format!("{cert_key} and {key_key} do not make a certificate and its key"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -57,8 +63,13 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Accepts on `listener` and handshakes with `config`, in the background.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+    /// Accepts on `listener` and handshakes with `config`, in the background; failed
+    /// handshakes are counted in `failures` (a counter's name).
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        failures: &'static str,
+    ) -> io::Result<TlsListener> {
         let local_addr = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(READY_QUEUE);
         let acceptor = TlsAcceptor::from(config);
@@ -81,13 +92,11 @@ impl TlsListener {
                             let _ = ready.send((stream, peer)).await;
                         }
                         Ok(Err(e)) => {
-                            metrics::counter!("reporting_tls_handshake_failures_total")
-                                .increment(1);
+                            metrics::counter!(failures).increment(1);
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            metrics::counter!("reporting_tls_handshake_failures_total")
-                                .increment(1);
+                            metrics::counter!(failures).increment(1);
                             tracing::debug!(%peer, "TLS handshake timed out");
                         }
                     }
@@ -116,4 +125,33 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local_addr)
     }
+}
+
+/// Serves `app` on `listener` until the process ends, over TLS when `tls` is given; `what`
+/// names the server in logs, `failures` counts failed handshakes.
+pub fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    app: axum::Router,
+    what: &'static str,
+    failures: &'static str,
+) -> io::Result<()> {
+    match tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls, failures)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "{what} stopped");
+                }
+            });
+        }
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "{what} stopped");
+                }
+            });
+        }
+    }
+    Ok(())
 }
