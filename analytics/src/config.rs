@@ -114,18 +114,7 @@ impl Config {
         defaults: Config,
         file: Option<&Path>,
     ) -> Result<Config, service::ConfigError> {
-        let mut extra = Vec::new();
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            extra.push(("postgres.url", url));
-        }
-        let config: Config = service::load(defaults, file, "ANALYTICS_", &extra)?;
-        let source = file
-            .map(|f| f.display().to_string())
-            .unwrap_or_else(|| "the defaults".to_owned());
-        config
-            .validate()
-            .map_err(|e| service::ConfigError::Invalid(format!("{e} (in {source})")))?;
-        Ok(config)
+        service::config::load_with_database(defaults, file, "ANALYTICS_", Config::validate)
     }
 
     /// Checks the rules serde cannot: one message naming the key.

@@ -196,18 +196,7 @@ impl Config {
 
     /// Like [`Config::load`] over other defaults (the platform's).
     pub fn load_with_defaults(defaults: Config, file: Option<&Path>) -> Result<Config, E> {
-        let mut extra = Vec::new();
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            extra.push(("postgres.url", url));
-        }
-        let config: Config = service::load(defaults, file, "REPORTING_", &extra)?;
-        let source = file
-            .map(|f| f.display().to_string())
-            .unwrap_or_else(|| "the defaults".to_owned());
-        config
-            .validate()
-            .map_err(|e| E::Invalid(format!("{e} (in {source})")))?;
-        Ok(config)
+        service::config::load_with_database(defaults, file, "REPORTING_", Config::validate)
     }
 
     /// Checks the rules serde cannot: one message naming the key.

@@ -55,6 +55,30 @@ where
         .map_err(|e| ConfigError::Invalid(describe(e)))
 }
 
+/// Loads a service's configuration like [`load`], with `DATABASE_URL` (when set) as
+/// `postgres.url`, then checks the rules serde cannot with `validate`; a broken rule is
+/// reported with where the configuration came from (the file, or the defaults).
+pub fn load_with_database<T>(
+    defaults: T,
+    file: Option<&Path>,
+    env_prefix: &str,
+    validate: impl FnOnce(&T) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let mut extra = Vec::new();
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        extra.push(("postgres.url", url));
+    }
+    let config: T = load(defaults, file, env_prefix, &extra)?;
+    let source = file
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "the defaults".to_owned());
+    validate(&config).map_err(|e| ConfigError::Invalid(format!("{e} (in {source})")))?;
+    Ok(config)
+}
+
 /// One line per problem, each naming the key and its source.
 fn describe(error: figment::Error) -> String {
     error
@@ -111,6 +135,28 @@ mod tests {
         let path = dir.path().join("service.toml");
         std::fs::write(&path, text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         load(defaults(), Some(&path), "SETTINGS_TEST_", &[])
+    }
+
+    #[test]
+    fn a_broken_rule_names_the_file_it_came_from() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("service.toml");
+        std::fs::write(&path, "[section]\nport = 0\n").expect("written");
+        let rule = |s: &Sample| {
+            if s.section.port == 0 {
+                Err(ConfigError::invalid("section.port", "must not be 0"))
+            } else {
+                Ok(())
+            }
+        };
+        let error = load_with_database(defaults(), Some(&path), "SETTINGS_TEST_", rule)
+            .expect_err("port 0 breaks the rule")
+            .to_string();
+        assert_eq!(
+            error,
+            format!("section.port: must not be 0 (in {})", path.display())
+        );
+        assert!(load_with_database(defaults(), None, "SETTINGS_TEST_", rule).is_ok());
     }
 
     #[test]
