@@ -163,9 +163,7 @@ async fn answer(
             state.config.pages.default_limit,
             state.config.pages.max_limit,
         )?;
-        let period = report.period;
         let page = report.query.page(&**client, route, params, limit).await?;
-        let _ = period;
         serde_json::to_vec(&listing::page_body(&page, path, params))
             .map_err(|e| ApiError::internal(e.into()))?
     };
@@ -282,7 +280,7 @@ macro_rules! handler {
     };
 }
 
-handler!(fleet, "/fleet", [], |state, params| reports::fleet(&params));
+handler!(fleet, "/fleet", [], |state, params| reports::fleet());
 handler!(
     windows,
     "/windows",

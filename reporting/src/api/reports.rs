@@ -35,6 +35,17 @@ fn boxed<T: tokio_postgres::types::ToSql + Sync + Send + 'static>(value: T) -> S
     Box::new(value)
 }
 
+/// Adds `AND <column> = $n` to `sql`, with `value` bound as `$n`.
+fn and_equal<T: tokio_postgres::types::ToSql + Sync + Send + 'static>(
+    sql: &mut String,
+    bound: &mut Vec<SqlParam>,
+    column: &str,
+    value: T,
+) {
+    bound.push(boxed(value));
+    sql.push_str(&format!(" AND {column} = ${}", bound.len()));
+}
+
 /// `from`/`to` instants, 24 hours up to now by default; `from` must be before `to`.
 fn instants(params: &Params) -> Result<(Timestamp, Timestamp), ApiError> {
     let to = params.timestamp("to")?.unwrap_or_else(Timestamp::now);
@@ -66,8 +77,7 @@ fn days(params: &Params, today: Date) -> Result<(Date, Date), ApiError> {
 }
 
 /// `GET /v1/fleet`: every taxi's latest position, its status and its open tour.
-pub fn fleet(params: &Params) -> Result<Report, ApiError> {
-    let _ = params;
+pub fn fleet() -> Result<Report, ApiError> {
     Ok(Report {
         permission: Permission::Fleet,
         period: Period::Live,
@@ -111,8 +121,7 @@ pub fn windows(params: &Params) -> Result<Report, ApiError> {
         .to_owned();
     let mut bound = vec![boxed(from), boxed(to)];
     if zone != "all" {
-        sql.push_str(" AND zone = $3");
-        bound.push(boxed(zone));
+        and_equal(&mut sql, &mut bound, "zone", zone);
     }
     Ok(Report {
         permission: Permission::Reports,
@@ -137,8 +146,7 @@ pub fn daily(params: &Params, today: Date) -> Result<Report, ApiError> {
         .to_owned();
     let mut bound = vec![boxed(from), boxed(to)];
     if let Some(source) = source {
-        sql.push_str(" AND source = $3");
-        bound.push(boxed(source));
+        and_equal(&mut sql, &mut bound, "source", source);
     }
     Ok(Report {
         permission: Permission::Reports,
@@ -162,12 +170,10 @@ pub fn daily_zones(params: &Params, today: Date) -> Result<Report, ApiError> {
         .to_owned();
     let mut bound = vec![boxed(from), boxed(to)];
     if let Some(source) = source {
-        bound.push(boxed(source));
-        sql.push_str(&format!(" AND source = ${}", bound.len()));
+        and_equal(&mut sql, &mut bound, "source", source);
     }
     if let Some(zone) = params.get("zone") {
-        bound.push(boxed(zone.to_owned()));
-        sql.push_str(&format!(" AND zone = ${}", bound.len()));
+        and_equal(&mut sql, &mut bound, "zone", zone.to_owned());
     }
     Ok(Report {
         permission: Permission::Reports,
@@ -198,8 +204,7 @@ pub fn trips(params: &Params, taxi: Option<String>) -> Result<Report, ApiError> 
         .to_owned();
     let mut bound = vec![boxed(from), boxed(to)];
     if let Some(taxi) = taxi {
-        sql.push_str(" AND t.taxi_id = $3");
-        bound.push(boxed(taxi));
+        and_equal(&mut sql, &mut bound, "t.taxi_id", taxi);
     }
     Ok(Report {
         permission: Permission::Trips,
@@ -225,12 +230,10 @@ pub fn invoices(params: &Params) -> Result<Report, ApiError> {
         .to_owned();
     let mut bound = vec![boxed(from), boxed(to)];
     if let Some(taxi) = params.id("taxi")? {
-        bound.push(boxed(taxi));
-        sql.push_str(&format!(" AND taxi_id = ${}", bound.len()));
+        and_equal(&mut sql, &mut bound, "taxi_id", taxi);
     }
     if let Some(flagged) = params.choice("flagged", &["true", "false"])? {
-        bound.push(boxed(flagged == "true"));
-        sql.push_str(&format!(" AND flagged = ${}", bound.len()));
+        and_equal(&mut sql, &mut bound, "flagged", flagged == "true");
     }
     Ok(Report {
         permission: Permission::Invoices,
@@ -253,15 +256,13 @@ pub fn orders(params: &Params) -> Result<Report, ApiError> {
         .to_owned();
     let mut bound = vec![boxed(from), boxed(to)];
     if let Some(taxi) = params.id("taxi")? {
-        bound.push(boxed(taxi));
-        sql.push_str(&format!(" AND taxi_id = ${}", bound.len()));
+        and_equal(&mut sql, &mut bound, "taxi_id", taxi);
     }
     let states = [
         "queued", "sent", "received", "accepted", "rejected", "expired",
     ];
     if let Some(state) = params.choice("state", &states)? {
-        bound.push(boxed(state));
-        sql.push_str(&format!(" AND state = ${}", bound.len()));
+        and_equal(&mut sql, &mut bound, "state", state);
     }
     Ok(Report {
         permission: Permission::Orders,

@@ -65,10 +65,10 @@ async fn listen_once(url: &str, cache: &Cache) -> anyhow::Result<()> {
                 cache.invalidate_day(day).await;
                 info!(%day, "cache invalidation: answers covering the day dropped");
             }
-            Err(_) => warn!(payload, "cache invalidation: not a day; clearing the cache"),
-        }
-        if payload.parse::<jiff::civil::Date>().is_err() {
-            cache.clear().await;
+            Err(_) => {
+                warn!(payload, "cache invalidation: not a day; clearing the cache");
+                cache.clear().await;
+            }
         }
     }
     drop(client);
