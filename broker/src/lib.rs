@@ -10,6 +10,8 @@
 //!   the router through an in-process link.
 //! - [`connection`]: MQTT 3.1.1/5 framing over the TLS stream.
 //! - [`acl`]: per-role publish/subscribe patterns.
+//! - [`acl_export`]: those rules as Mosquitto's ACL file and `mosquitto.conf`, for running
+//!   the platform on another broker.
 //! - [`expiry`]: inbox orders past their `expires_ms` are never delivered.
 //! - [`payload`]: taxi payloads as JSON for roles that read them (operators).
 //! - [`registry`]: live sessions by id (takeover, revocation), wills waiting for their delay.
@@ -18,6 +20,7 @@
 //! - [`pki`]: certificate authority tooling for development and tests.
 
 pub mod acl;
+pub mod acl_export;
 pub mod config;
 pub mod connection;
 pub mod expiry;

@@ -1,4 +1,5 @@
-//! `broker`: runs the broker, or manages the development PKI.
+//! `broker`: runs the broker, manages the development PKI, or exports the authorization
+//! rules for another broker (`export-acl`, see [`broker::acl_export`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,31 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Prints the configured role rules as another broker's configuration: Mosquitto's ACL
+    /// file (`--format mosquitto`) or the matching `mosquitto.conf` (`--format
+    /// mosquitto-conf`). The rules stay in one place: the broker configuration.
+    ExportAcl {
+        /// TOML configuration file whose `[acl.*]` (and, for the conf, `[mqtt]` and `[tls]`)
+        /// are exported; without it, the defaults.
+        #[arg(long, env = "BROKER_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "mosquitto")]
+        format: ExportFormat,
+        /// The role of the devices (any number of them), exported as patterns with the
+        /// client's own id.
+        #[arg(long, default_value = broker::acl_export::DEFAULT_DEVICE_ROLE)]
+        device_role: String,
+        /// A service identity as `<cn>=<role>` (repeatable); none given: one per other role,
+        /// named like the role (`bridge=bridge`, `operator=operator`, ...).
+        #[arg(long = "user", value_name = "CN=ROLE")]
+        users: Vec<broker::acl_export::ServiceUser>,
+        /// For the conf: where the ACL file will be.
+        #[arg(long, default_value = "/etc/mosquitto/taxi-fleet.acl")]
+        acl_file: PathBuf,
+        /// For the conf: Mosquitto's persistence directory.
+        #[arg(long, default_value = "/var/lib/mosquitto/")]
+        persistence_dir: PathBuf,
+    },
     /// Development certificates (never for production keys).
     Certs {
         /// Directory holding the development PKI.
@@ -31,6 +57,14 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// Mosquitto's `acl_file`.
+    Mosquitto,
+    /// The `mosquitto.conf` that goes with it.
+    MosquittoConf,
 }
 
 #[derive(Subcommand)]
@@ -56,7 +90,41 @@ fn main() -> ExitCode {
     service::process::exit_status(match cli.command {
         Command::Run { config, dev } => run(config, dev),
         Command::Certs { dir, command } => certs(dir, command),
+        Command::ExportAcl {
+            config,
+            format,
+            device_role,
+            users,
+            acl_file,
+            persistence_dir,
+        } => export_acl(
+            config,
+            format,
+            &device_role,
+            &users,
+            broker::acl_export::MosquittoFiles {
+                acl_file,
+                persistence_dir,
+            },
+        ),
     })
+}
+
+fn export_acl(
+    config: Option<PathBuf>,
+    format: ExportFormat,
+    device_role: &str,
+    users: &[broker::acl_export::ServiceUser],
+    files: broker::acl_export::MosquittoFiles,
+) -> anyhow::Result<()> {
+    let config = broker::Config::load(config.as_deref())?;
+    let export = broker::acl_export::AclExport::new(&config.acl, device_role, users)?;
+    let text = match format {
+        ExportFormat::Mosquitto => export.mosquitto_acl(),
+        ExportFormat::MosquittoConf => broker::acl_export::mosquitto_conf(&config, &files)?,
+    };
+    print!("{text}");
+    Ok(())
 }
 
 fn run(config: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
