@@ -1,20 +1,28 @@
 //! Where the readers of both formats hand their rows: a trip that passes its checks goes to
 //! its day's Parquet file ([`super::output`]), any other row to the rejects, which travel in
-//! chunks to PostgreSQL while reading goes on. Counts by reason as it goes.
+//! chunks to PostgreSQL while reading goes on. Counts by reason as it goes. Each reader
+//! thread has its own intake; their counts are added up at the end.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 
+use super::day_writers::DayFile;
 use super::nyc_time::NewYorkClock;
-use super::output::{DayFile, Output};
+use super::output::Output;
 use super::trip::{Problem, Reason, Trip};
 
 /// Rejected rows sent to PostgreSQL at once.
 const REJECT_CHUNK: usize = 2_000;
 /// Longest raw text kept for a rejected row.
 const RAW_LIMIT: usize = 8 * 1024;
+
+/// The error of a reader stopped because the import was given up elsewhere: that other
+/// error is the one to report.
+#[derive(Debug, thiserror::Error)]
+#[error("the import was stopped")]
+pub(crate) struct Stopped;
 
 /// A row that did not enter the lake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,11 +36,26 @@ pub struct Rejected {
     pub raw: String,
 }
 
+/// Rows read by one reader (or all of them, added up).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counted {
+    pub rows: u64,
+    pub rejected: [u64; Reason::ALL.len()],
+}
+
+impl Counted {
+    pub(crate) fn add(&mut self, other: Counted) {
+        self.rows += other.rows;
+        for (total, count) in self.rejected.iter_mut().zip(other.rejected) {
+            *total += count;
+        }
+    }
+}
+
 /// What reading a file produced.
 #[derive(Debug)]
 pub(crate) struct Intook {
-    pub rows: u64,
-    pub rejected: [u64; Reason::ALL.len()],
+    pub counted: Counted,
     pub files: Vec<DayFile>,
 }
 
@@ -68,12 +91,18 @@ impl Intake {
         self.rows + self.rejected.iter().sum::<u64>()
     }
 
-    /// Stops early when the import was given up elsewhere (a database error).
+    /// Stops early when the import was given up elsewhere (a database error, or another
+    /// reader of the same file that failed).
     pub(crate) fn check_cancelled(&self) -> anyhow::Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            bail!("the import was stopped");
+            return Err(Stopped.into());
         }
         Ok(())
+    }
+
+    /// Tells every reader of this import to stop (this one failed).
+    pub(crate) fn cancel_all(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
     }
 
     /// A parsed trip: into the lake if it passes its checks, else rejected.
@@ -117,14 +146,13 @@ impl Intake {
             .map_err(|_| anyhow!("the rejected rows can no longer be stored"))
     }
 
-    /// Sends the last rejects and closes the day files.
-    pub(crate) fn finish(mut self) -> anyhow::Result<Intook> {
+    /// Sends the last rejects and the last rows.
+    pub(crate) fn finish(mut self) -> anyhow::Result<Counted> {
         self.send_rejects()?;
-        let files = self.output.finish()?;
-        Ok(Intook {
+        self.output.finish()?;
+        Ok(Counted {
             rows: self.rows,
             rejected: self.rejected,
-            files,
         })
     }
 }

@@ -5,7 +5,8 @@
 //! CSV files with longitude/latitude points, and the current files with taxi zone ids
 //! (Parquet, or CSV), whose ids are named with the TLC's zone lookup table when one is given
 //! ([`zones`]). A CSV may be gzip-compressed (told by its first bytes). Files are streamed:
-//! memory depends on the number of days a file touches, not on its length ([`output`]).
+//! memory depends on the number of days a file touches, not on its length
+//! ([`day_writers`]). A large plain CSV is parsed by one thread per core ([`split`]).
 //!
 //! Each accepted row becomes one `trips_nyc` row: times converted from New York wall-clock
 //! time to UTC ([`nyc_time`], which documents the daylight-saving rule), miles to metres,
@@ -20,6 +21,7 @@
 //! `import.files` (as the batch layer of the lambda architecture starts from the master
 //! data set).
 
+mod day_writers;
 mod fields;
 mod intake;
 mod layout;
@@ -31,6 +33,7 @@ mod read_csv;
 mod read_parquet;
 mod run;
 mod source;
+mod split;
 mod summary;
 mod trip;
 mod zones;

@@ -1,21 +1,10 @@
-//! Writing accepted trips as local Parquet files, one per New York day of pickup, with the
-//! lake's `trips_nyc` schema, ready to publish.
-//!
-//! The reading thread appends each trip to its day's Arrow builders; every 8192 rows of a
-//! day become a record batch, handed over a short queue to a writer thread that encodes and
-//! compresses them (so reading and encoding use both cores). The writer keeps one
-//! `ArrowWriter` per day open; when the row groups being built in all of them together pass
-//! [`MEMORY_BUDGET`], the largest is flushed to its file. Memory is therefore bounded by the
-//! number of days a file touches, never by its length.
+//! The rows of one reader on their way to the day files: each accepted trip is appended
+//! to its day's Arrow builders, and every 8192 rows of a day become a record batch sent to
+//! the writer thread owning that day ([`super::day_writers`]), so that parsing and encoding
+//! run on different cores.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context};
 use arrow::array::{
@@ -23,65 +12,15 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
-use parquet::arrow::ArrowWriter;
 
-use super::fields::civil_from_days;
+use super::day_writers::{DaySink, DayWriters};
 use super::trip::Trip;
 use super::zones::ZoneLookup;
-use crate::lake;
 
 /// Rows of one day gathered before they go to the writer as one batch.
 const BATCH_ROWS: usize = 8192;
-/// Row groups being built, all days together, before the largest is flushed.
-const MEMORY_BUDGET: usize = 64 << 20;
-/// Batches waiting for the writer.
-const QUEUE: usize = 4;
 
-/// A finished local file: the rows of one day.
-#[derive(Clone, Debug)]
-pub(crate) struct DayFile {
-    pub day: jiff::civil::Date,
-    pub path: PathBuf,
-}
-
-/// The day of a trip as the lake's partition date.
-pub(crate) fn date_of(day: i32) -> anyhow::Result<jiff::civil::Date> {
-    let (year, month, date) = civil_from_days(i64::from(day));
-    jiff::civil::Date::new(
-        i16::try_from(year).map_err(|_| anyhow!("year {year} is out of range"))?,
-        month as i8,
-        date as i8,
-    )
-    .with_context(|| format!("day {year}-{month}-{date}"))
-}
-
-/// Columns whose values are nearly all different (ids, instants, coordinates, distances):
-/// a dictionary would never pay, and trying one costs a hash of every value.
-const WITHOUT_DICTIONARY: [&str; 8] = [
-    "line",
-    "pickup_at",
-    "dropoff_at",
-    "distance_m",
-    "pickup_lon",
-    "pickup_lat",
-    "dropoff_lon",
-    "dropoff_lat",
-];
-
-/// The lake's writer settings, without dictionaries for [`WITHOUT_DICTIONARY`].
-fn writer_properties() -> parquet::file::properties::WriterProperties {
-    WITHOUT_DICTIONARY
-        .iter()
-        .fold(lake::writer_properties_builder(), |builder, column| {
-            builder.set_column_dictionary_enabled(
-                parquet::schema::types::ColumnPath::from(*column),
-                false,
-            )
-        })
-        .build()
-}
-
-/// The per-day builders of the reading thread and the queue to the writer thread.
+/// The per-day builders of one reader and where their batches go.
 pub(crate) struct Output {
     schema: SchemaRef,
     source_file: Arc<str>,
@@ -90,43 +29,28 @@ pub(crate) struct Output {
     days: Vec<DayRows>,
     index: HashMap<i32, usize>,
     last: Option<(i32, usize)>,
-    queue: Option<SyncSender<(i32, RecordBatch)>>,
-    writer: Option<JoinHandle<anyhow::Result<Vec<DayFile>>>>,
+    sink: DaySink,
 }
 
 impl Output {
-    /// Starts the writer thread, which writes `<dir>/<YYYY-MM-DD>.parquet` files.
-    pub(crate) fn start(
-        dir: &Path,
+    /// Builders for the trips of the source file `sha256`, sending to `writers`.
+    pub(crate) fn new(
+        writers: &DayWriters,
         sha256: &str,
         h3_resolution: u8,
         zones: Option<Arc<ZoneLookup>>,
     ) -> anyhow::Result<Output> {
         let resolution = h3o::Resolution::try_from(h3_resolution)
             .map_err(|e| anyhow!("windows.h3_resolution {h3_resolution}: {e}"))?;
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!("creating the import's scratch directory {}", dir.display())
-        })?;
-        let schema = lake::schema::trips_nyc();
-        let (queue, batches) = sync_channel(QUEUE);
-        let writer = {
-            let dir = dir.to_owned();
-            let schema = schema.clone();
-            std::thread::Builder::new()
-                .name("nyc-import-writer".to_owned())
-                .spawn(move || write_days(&dir, &schema, batches))
-                .context("starting the import's writer thread")?
-        };
         Ok(Output {
-            schema,
+            schema: writers.schema().clone(),
             source_file: Arc::from(sha256),
             resolution,
             zones,
             days: Vec::new(),
             index: HashMap::new(),
             last: None,
-            queue: Some(queue),
-            writer: Some(writer),
+            sink: writers.sink(),
         })
     }
 
@@ -152,133 +76,21 @@ impl Output {
         rows.append(trip, self.resolution, self.zones.as_deref());
         if rows.len >= BATCH_ROWS {
             let batch = rows.finish(&self.schema, &self.source_file)?;
-            self.send(day, batch)?;
+            self.sink.send(day, batch)?;
         }
         Ok(())
     }
 
-    /// Sends what is left, waits for the writer and returns the day files, by day.
-    pub(crate) fn finish(mut self) -> anyhow::Result<Vec<DayFile>> {
-        let mut pending = Vec::new();
+    /// Sends the rows still in the builders; the sink closes when this is dropped.
+    pub(crate) fn finish(mut self) -> anyhow::Result<()> {
         for rows in &mut self.days {
             if rows.len > 0 {
-                pending.push((rows.day, rows.finish(&self.schema, &self.source_file)?));
+                let batch = rows.finish(&self.schema, &self.source_file)?;
+                self.sink.send(rows.day, batch)?;
             }
-        }
-        let mut sent = Ok(());
-        for (day, batch) in pending {
-            sent = self.send(day, batch);
-            if sent.is_err() {
-                break;
-            }
-        }
-        self.queue = None;
-        let written = self.join();
-        // The writer's error says more than "the writer stopped".
-        let mut files = written?;
-        sent?;
-        files.sort_by_key(|f| f.day);
-        Ok(files)
-    }
-
-    fn send(&mut self, day: i32, batch: RecordBatch) -> anyhow::Result<()> {
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| anyhow!("the import's writer is closed"))?;
-        if queue.send((day, batch)).is_err() {
-            self.queue = None;
-            return Err(self
-                .join()
-                .err()
-                .unwrap_or_else(|| anyhow!("the import's writer stopped")));
         }
         Ok(())
     }
-
-    fn join(&mut self) -> anyhow::Result<Vec<DayFile>> {
-        let writer = self
-            .writer
-            .take()
-            .ok_or_else(|| anyhow!("the import's writer already stopped"))?;
-        writer
-            .join()
-            .map_err(|_| anyhow!("the import's writer thread panicked"))?
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        // On an error elsewhere: close the queue so the writer ends, and wait for it.
-        self.queue = None;
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
-}
-
-/// The writer thread: one `ArrowWriter` per day, row groups flushed within the budget.
-fn write_days(
-    dir: &Path,
-    schema: &SchemaRef,
-    batches: Receiver<(i32, RecordBatch)>,
-) -> anyhow::Result<Vec<DayFile>> {
-    struct Open {
-        day: jiff::civil::Date,
-        path: PathBuf,
-        writer: ArrowWriter<BufWriter<File>>,
-    }
-    let mut open: HashMap<i32, Open> = HashMap::new();
-    for (day, batch) in batches {
-        let entry = match open.entry(day) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(slot) => {
-                let date = date_of(day)?;
-                let path = dir.join(format!("{}.parquet", date.strftime("%Y-%m-%d")));
-                let file =
-                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-                let writer = ArrowWriter::try_new(
-                    BufWriter::with_capacity(1 << 20, file),
-                    schema.clone(),
-                    Some(writer_properties()),
-                )
-                .with_context(|| format!("starting {}", path.display()))?;
-                slot.insert(Open {
-                    day: date,
-                    path,
-                    writer,
-                })
-            }
-        };
-        entry
-            .writer
-            .write(&batch)
-            .with_context(|| format!("writing {}", entry.path.display()))?;
-        let building: usize = open.values().map(|o| o.writer.in_progress_size()).sum();
-        if building > MEMORY_BUDGET {
-            if let Some(largest) = open
-                .values_mut()
-                .max_by_key(|o| o.writer.in_progress_size())
-            {
-                largest
-                    .writer
-                    .flush()
-                    .with_context(|| format!("writing {}", largest.path.display()))?;
-            }
-        }
-    }
-    let mut files = Vec::with_capacity(open.len());
-    for (_, entry) in open {
-        entry
-            .writer
-            .close()
-            .with_context(|| format!("finishing {}", entry.path.display()))?;
-        files.push(DayFile {
-            day: entry.day,
-            path: entry.path,
-        });
-    }
-    Ok(files)
 }
 
 /// The builders of one day's pending rows, in the column order of the schema.
@@ -484,10 +296,5 @@ mod tests {
             Some("tlc:132")
         );
         assert_eq!(zone_of(&trip(None, None), resolution, &mut text), None);
-    }
-
-    #[test]
-    fn days_become_dates() {
-        assert_eq!(date_of(16_450).unwrap(), jiff::civil::date(2015, 1, 15));
     }
 }

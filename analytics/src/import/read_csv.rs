@@ -1,7 +1,12 @@
 //! Reading a TLC CSV file (plain or gzip) as a stream: the header names the layout, then
 //! each row is parsed field by field into one reused record, with no allocation unless the
 //! row is rejected.
+//!
+//! A large plain file without quotes is cut into one part per core ([`super::split`]), each
+//! parsed by its own thread into its own [`Intake`]; rows keep their line numbers in the
+//! file. Gzip and quoted files are read by one thread.
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -9,75 +14,225 @@ use anyhow::Context;
 use csv::ByteRecord;
 
 use super::fields::{cents, integer, local_seconds, number, optional_integer};
-use super::intake::Intake;
+use super::intake::{Counted, Intake, Stopped};
 use super::layout::{Columns, Layout, Places};
 use super::nyc_time::NewYorkClock;
 use super::progress::{Progress, Unit};
-use super::source::Source;
+use super::source::{Format, Source};
+use super::split;
 use super::trip::{Point, Problem, Reason, Trip};
 
 /// Rows between two progress updates and cancellation checks.
 const EVERY: u64 = 64 * 1024;
+/// Smaller plain files are read by one thread.
+const PARALLEL_MIN_BYTES: u64 = 8 << 20;
+/// Most reader threads for one file.
+const MAX_THREADS: usize = 8;
 
-/// Reads every row of `source` into `intake`. Errors (a wrong header, a read error) name the
-/// file; bad rows are not errors.
+/// Reads every row of `source` into intakes made by `new_intake` (one per reader thread).
+/// Errors (a wrong header, a read error) name the file; bad rows are not errors.
 pub(crate) fn read(
     source: &Source,
-    intake: &mut Intake,
+    new_intake: &(dyn Fn() -> anyhow::Result<Intake> + Sync),
     show_progress: bool,
-) -> anyhow::Result<Layout> {
-    let name = source.path.display();
-    let consumed = Arc::new(AtomicU64::new(0));
-    let text = super::source::open_text(source, consumed.clone())?;
-    // Records end at `\n` only: with the default (`\r`, `\n` or both) the csv crate counts
-    // the lines of CRLF files one short. A `\r` left at the end of a row is trimmed below.
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
+) -> anyhow::Result<(Layout, Counted)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS);
+    if source.format == Format::Csv
+        && !source.quoted
+        && source.bytes >= PARALLEL_MIN_BYTES
+        && threads > 1
+    {
+        if let Some(plan) = split::plan(&source.path, source.bytes, threads)? {
+            return read_parts(source, &plan, new_intake, show_progress);
+        }
+    }
+    let mut intake = new_intake()?;
+    let layout = read_whole(source, &mut intake, show_progress)?;
+    Ok((layout, intake.finish()?))
+}
+
+/// The columns of a header record and its number of fields.
+struct Shape {
+    columns: Columns,
+    fields: usize,
+}
+
+impl Shape {
+    fn of<R: Read>(source: &Source, reader: &mut csv::Reader<R>) -> anyhow::Result<Shape> {
+        let name = source.path.display();
+        let header = reader
+            .byte_headers()
+            .with_context(|| format!("{name}: cannot read the header"))?;
+        let names: Vec<String> = header
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .collect();
+        let columns = Columns::find(&names).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        Ok(Shape {
+            columns,
+            fields: header.len(),
+        })
+    }
+}
+
+/// The CSV reader every part uses. Records end at `\n` only: with the default (`\r`, `\n`
+/// or both) the csv crate counts the lines of CRLF files one short. A `\r` left at the end
+/// of a row is trimmed by the field parsers.
+fn csv_reader<R: Read>(text: R, has_headers: bool) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
+        .has_headers(has_headers)
         .flexible(true)
         .terminator(csv::Terminator::Any(b'\n'))
         .buffer_capacity(1 << 18)
-        .from_reader(text);
-    let header = reader
-        .byte_headers()
-        .with_context(|| format!("{name}: cannot read the header"))?
-        .clone();
-    let names: Vec<String> = header
-        .iter()
-        .map(|h| String::from_utf8_lossy(h).into_owned())
-        .collect();
-    let columns = Columns::find(&names).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        .from_reader(text)
+}
+
+/// One thread reads the whole file.
+fn read_whole(source: &Source, intake: &mut Intake, show_progress: bool) -> anyhow::Result<Layout> {
+    let consumed = Arc::new(AtomicU64::new(0));
+    let mut reader = csv_reader(super::source::open_text(source, consumed.clone())?, true);
+    let shape = Shape::of(source, &mut reader)?;
     let progress = Progress::new(
         &short_name(source),
         source.bytes,
         Unit::Bytes,
         show_progress,
     );
+    read_rows(source, &mut reader, &shape, 0, intake, &mut |seen| {
+        progress.update(consumed.load(Ordering::Relaxed), seen);
+    })?;
+    progress.finish();
+    Ok(shape.columns.layout)
+}
+
+/// One thread per part of `plan`, each with its own intake; their counts added up. The
+/// first real error is the result (the others were only told to stop).
+fn read_parts(
+    source: &Source,
+    plan: &split::Plan,
+    new_intake: &(dyn Fn() -> anyhow::Result<Intake> + Sync),
+    show_progress: bool,
+) -> anyhow::Result<(Layout, Counted)> {
+    let shape = Shape::of(source, &mut csv_reader(&plan.header[..], true))?;
+    let consumed = Arc::new(AtomicU64::new(plan.header.len() as u64));
+    let seen = AtomicU64::new(0);
+    let progress = Progress::new(
+        &short_name(source),
+        source.bytes,
+        Unit::Bytes,
+        show_progress,
+    );
+    let results: Vec<anyhow::Result<Counted>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = plan
+            .parts
+            .iter()
+            .map(|&part| {
+                let (shape, consumed, seen, progress) = (&shape, &consumed, &seen, &progress);
+                scope.spawn(move || -> anyhow::Result<Counted> {
+                    let mut intake = new_intake()?;
+                    let read = (|| {
+                        let text = super::source::open_range(
+                            source,
+                            part.start,
+                            part.end,
+                            consumed.clone(),
+                        )?;
+                        let mut reader = csv_reader(text, false);
+                        let mut reported = 0;
+                        read_rows(
+                            source,
+                            &mut reader,
+                            shape,
+                            part.lines_before as i64,
+                            &mut intake,
+                            &mut |mine| {
+                                let all = seen.fetch_add(mine - reported, Ordering::Relaxed)
+                                    + (mine - reported);
+                                reported = mine;
+                                progress.update(consumed.load(Ordering::Relaxed), all);
+                            },
+                        )
+                    })();
+                    if read.is_err() {
+                        intake.cancel_all();
+                    }
+                    read?;
+                    intake.finish()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an import reader thread panicked")))
+            })
+            .collect()
+    });
+    progress.finish();
+    let mut total = Counted::default();
+    let mut stopped = None;
+    for result in results {
+        match result {
+            Ok(counted) => total.add(counted),
+            Err(error) if error.is::<Stopped>() => stopped = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    if let Some(error) = stopped {
+        return Err(error);
+    }
+    Ok((shape.columns.layout, total))
+}
+
+/// Reads the rows of `reader` into `intake`. `lines_before` is added to the reader's own
+/// line numbers (the lines of the file before the part it reads). `tick` is called with the
+/// rows seen every [`EVERY`] rows.
+fn read_rows<R: Read>(
+    source: &Source,
+    reader: &mut csv::Reader<R>,
+    shape: &Shape,
+    lines_before: i64,
+    intake: &mut Intake,
+    tick: &mut dyn FnMut(u64),
+) -> anyhow::Result<()> {
     let mut record = ByteRecord::new();
     let mut next_update = EVERY;
     loop {
-        let more = reader
-            .read_byte_record(&mut record)
-            .with_context(|| format!("{name}: cannot read line {}", reader.position().line()))?;
+        let more = reader.read_byte_record(&mut record).with_context(|| {
+            format!(
+                "{}: cannot read line {}",
+                source.path.display(),
+                lines_before + reader.position().line() as i64
+            )
+        })?;
         if !more {
-            break;
+            return Ok(());
         }
         if record.len() == 1 && record[0].trim_ascii().is_empty() {
             // An empty line (`\r\n`): not a row.
             continue;
         }
-        let line = record.position().map_or(0, |p| p.line()) as i64;
-        match parse(&record, &columns, header.len(), line, &mut intake.clock) {
+        let line = lines_before + record.position().map_or(0, |p| p.line()) as i64;
+        match parse(
+            &record,
+            &shape.columns,
+            shape.fields,
+            line,
+            &mut intake.clock,
+        ) {
             Ok(trip) => intake.trip(&trip, || raw(&record))?,
             Err(problem) => intake.reject(line, problem, || raw(&record))?,
         }
         if intake.seen() >= next_update {
             next_update += EVERY;
-            progress.update(consumed.load(Ordering::Relaxed), intake.seen());
+            tick(intake.seen());
             intake.check_cancelled()?;
         }
     }
-    progress.finish();
-    Ok(columns.layout)
 }
 
 /// The file name for the progress bar.
@@ -289,6 +444,109 @@ mod tests {
             parse_line(&format!("{GOOD},1")).unwrap_err().reason,
             Reason::UnknownRowLayout
         );
+    }
+
+    /// Rows, rejects (line, reason) and each day's lines, read by one thread or in `parts`.
+    type Read = (u64, Vec<(i64, Reason)>, Vec<(String, Vec<i64>)>);
+
+    fn import(source: &Source, parts: Option<usize>) -> Read {
+        use super::super::day_writers::DayWriters;
+        use super::super::output::Output;
+        use arrow::array::Int64Array;
+        use std::sync::atomic::AtomicBool;
+
+        let out = tempfile::tempdir().unwrap();
+        let writers = DayWriters::start(out.path(), 2).unwrap();
+        let (rejects, mut incoming) = tokio::sync::mpsc::channel(64);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let counted = {
+            let new_intake = || -> anyhow::Result<Intake> {
+                let output = Output::new(&writers, &source.sha256, 8, None)?;
+                Intake::new(output, rejects.clone(), cancel.clone())
+            };
+            match parts {
+                None => {
+                    let mut intake = new_intake().unwrap();
+                    read_whole(source, &mut intake, false).unwrap();
+                    intake.finish().unwrap()
+                }
+                Some(parts) => {
+                    let plan = split::plan(&source.path, source.bytes, parts)
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(plan.parts.len(), parts);
+                    read_parts(source, &plan, &new_intake, false).unwrap().1
+                }
+            }
+        };
+        drop(rejects);
+        let files = writers.finish().unwrap();
+        let mut rejected = Vec::new();
+        while let Ok(chunk) = incoming.try_recv() {
+            rejected.extend(chunk.into_iter().map(|r| (r.line, r.reason)));
+        }
+        rejected.sort();
+        let days = files
+            .iter()
+            .map(|file| {
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        std::fs::File::open(&file.path).unwrap(),
+                    )
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                let mut lines: Vec<i64> = reader
+                    .flat_map(|batch| {
+                        let batch = batch.unwrap();
+                        let column = batch.column_by_name("line").unwrap();
+                        let lines = column.as_any().downcast_ref::<Int64Array>().unwrap();
+                        lines.values().to_vec()
+                    })
+                    .collect();
+                lines.sort();
+                (file.day.to_string(), lines)
+            })
+            .collect();
+        (counted.rows, rejected, days)
+    }
+
+    #[test]
+    fn a_file_read_in_parts_gives_what_one_reader_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("yellow.csv");
+        let mut text = format!("{COORDINATES_HEADER}\r\n");
+        let mut line = 1;
+        let mut expected_rejects = Vec::new();
+        for n in 0..5_000 {
+            let row = GOOD.replace("2015-01-15", &format!("2015-01-{:02}", 1 + n % 28));
+            line += 1;
+            let row = if n % 97 == 0 {
+                expected_rejects.push((line, Reason::Unparseable));
+                row.replace("17.05", "x")
+            } else {
+                row
+            };
+            text.push_str(&row);
+            text.push_str("\r\n");
+            if n % 1_000 == 500 {
+                text.push_str("\r\n");
+                line += 1;
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let source = super::super::source::inspect(&path).unwrap();
+
+        let one = import(&source, None);
+        assert_eq!(one.0, 5_000 - expected_rejects.len() as u64);
+        assert_eq!(
+            one.1, expected_rejects,
+            "rejects keep their lines in the file"
+        );
+        assert_eq!(one.2.len(), 28, "one file per day");
+        for parts in [2, 3] {
+            assert_eq!(import(&source, Some(parts)), one, "{parts} parts");
+        }
     }
 
     #[test]

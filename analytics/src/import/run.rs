@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_postgres::Client;
 
+use super::day_writers::DayWriters;
 use super::intake::{Intake, Intook, Rejected};
 use super::layout::Layout;
 use super::ledger;
@@ -183,7 +184,7 @@ async fn import_locked(
             .with_context(|| format!("{name}: publishing the trips of {}", file.day))?;
     }
     let days: Vec<String> = intook.files.iter().map(|f| f.day.to_string()).collect();
-    let rejected_total: u64 = intook.rejected.iter().sum();
+    let rejected_total: u64 = intook.counted.rejected.iter().sum();
     ledger::record(
         client,
         &ledger::Record {
@@ -192,7 +193,7 @@ async fn import_locked(
             format: source.format.name(),
             layout: layout.name(),
             bytes: source.bytes as i64,
-            rows: intook.rows as i64,
+            rows: intook.counted.rows as i64,
             rejected: rejected_total as i64,
             days,
         },
@@ -200,10 +201,10 @@ async fn import_locked(
     .await?;
     drop(scratch);
 
-    metrics::counter!("analytics_import_rows_total").increment(intook.rows);
+    metrics::counter!("analytics_import_rows_total").increment(intook.counted.rows);
     let mut rejected = BTreeMap::new();
     for reason in Reason::ALL {
-        let count = intook.rejected[reason.index()];
+        let count = intook.counted.rejected[reason.index()];
         if count > 0 {
             metrics::counter!("analytics_import_rejected_total", "reason" => reason.code())
                 .increment(count);
@@ -216,14 +217,15 @@ async fn import_locked(
         sha256: Some(source.sha256.clone()),
         format: Some(source.format),
         layout: Some(layout),
-        rows: intook.rows,
+        rows: intook.counted.rows,
         rejected,
         days: intook.files.iter().map(|f| f.day).collect(),
         elapsed: started.elapsed(),
     })
 }
 
-/// Reads the whole file on the current (blocking) thread.
+/// Reads the whole file from the current (blocking) thread: readers (one, or one per part
+/// of a large plain CSV) and the day writers.
 fn read_file(
     source: &Source,
     dir: &Path,
@@ -233,13 +235,24 @@ fn read_file(
     cancel: Arc<AtomicBool>,
     progress: bool,
 ) -> anyhow::Result<(Layout, Intook)> {
-    let output = Output::start(dir, &source.sha256, h3_resolution, zones)?;
-    let mut intake = Intake::new(output, rejects, cancel)?;
-    let layout = match source.format {
-        Format::Parquet => read_parquet::read(source, &mut intake, progress)?,
-        Format::Csv | Format::GzipCsv => read_csv::read(source, &mut intake, progress)?,
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let writers = DayWriters::start(dir, cores)?;
+    let new_intake = || -> anyhow::Result<Intake> {
+        let output = Output::new(&writers, &source.sha256, h3_resolution, zones.clone())?;
+        Intake::new(output, rejects.clone(), cancel.clone())
     };
-    Ok((layout, intake.finish()?))
+    let read = match source.format {
+        Format::Parquet => new_intake().and_then(|mut intake| {
+            let layout = read_parquet::read(source, &mut intake, progress)?;
+            Ok((layout, intake.finish()?))
+        }),
+        Format::Csv | Format::GzipCsv => read_csv::read(source, &new_intake, progress),
+    };
+    // Every reader's sink is gone: the writers finish. Their error explains a reader's
+    // "the writer stopped", so it comes first.
+    let files = writers.finish()?;
+    let (layout, counted) = read?;
+    Ok((layout, Intook { counted, files }))
 }
 
 /// The local day files of one import: an empty directory at the start, removed at the end

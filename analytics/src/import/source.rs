@@ -3,7 +3,7 @@
 //! name), and a reader that counts the bytes it consumed (for the progress bar's ETA).
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +41,9 @@ pub struct Source {
     /// (`source_file`, the part name) and in `nyc_imports`.
     pub sha256: String,
     pub format: Format,
+    /// Whether any byte is a double quote. A CSV with quoted fields is read by one thread:
+    /// a quoted field may hold a line break, so it cannot be cut at any line break.
+    pub quoted: bool,
 }
 
 impl Source {
@@ -65,6 +68,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<Source> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut read_total: u64 = 0;
+    let mut quoted = false;
     loop {
         let read = file
             .read(&mut buffer)
@@ -79,6 +83,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<Source> {
         }
         read_total += read as u64;
         hasher.update(&buffer[..read]);
+        quoted = quoted || memchr::memchr(b'"', &buffer[..read]).is_some();
     }
     let sha256 = hex::encode(hasher.finalize());
     let is_parquet_name = path
@@ -99,6 +104,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<Source> {
         bytes: read_total,
         sha256,
         format,
+        quoted,
     })
 }
 
@@ -148,6 +154,24 @@ pub(crate) fn open_text(
     })
 }
 
+/// Opens bytes `[start, end)` of a plain (not compressed) file, counting the bytes read into
+/// `consumed`.
+pub(crate) fn open_range(
+    source: &Source,
+    start: u64,
+    end: u64,
+    consumed: Arc<AtomicU64>,
+) -> anyhow::Result<impl Read + Send> {
+    let name = source.path.display();
+    let mut file = File::open(&source.path).with_context(|| format!("{name}: cannot open it"))?;
+    file.seek(SeekFrom::Start(start))
+        .with_context(|| format!("{name}: cannot read it"))?;
+    Ok(Counting {
+        inner: file.take(end.saturating_sub(start)),
+        consumed,
+    })
+}
+
 /// A reader that adds the bytes it returns to a shared counter.
 struct Counting<R> {
     inner: R,
@@ -181,6 +205,9 @@ mod tests {
             "the hash of the bytes"
         );
         assert_eq!(source.part().len(), 16);
+        assert!(!source.quoted);
+        std::fs::write(&csv, "a,b\n1,\"2\"\n").unwrap();
+        assert!(inspect(&csv).unwrap().quoted);
 
         let gz = dir.path().join("a.csv");
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

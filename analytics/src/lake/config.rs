@@ -21,6 +21,11 @@ pub struct LakeConfig {
     pub secret_access_key: String,
     /// Key prefix of the lake inside the bucket (`lake`: `s3://<bucket>/lake/<dataset>/...`).
     pub prefix: String,
+    /// Key prefix of the reporting service's file area inside the bucket
+    /// (`files`: `s3://<bucket>/files/data/<path>`, rows of JSON uploads under
+    /// `files/rows/`, refused uploads under `files/rejected/`). Its directories are the
+    /// tables of the `files` schema. Must lie outside `prefix`.
+    pub files_prefix: String,
     /// Files up to this size are uploaded with one PUT; larger ones as a multipart upload
     /// with parts of this size, streamed from the local file (memory: one part). At least
     /// 5 MiB (S3's smallest part), at most 5 GiB.
@@ -45,6 +50,7 @@ impl Default for LakeConfig {
             access_key_id: "taxi-dev".to_owned(),
             secret_access_key: "taxi-dev-secret".to_owned(),
             prefix: "lake".to_owned(),
+            files_prefix: "files".to_owned(),
             part_size_bytes: 16 * MIB,
             publish_attempts: 8,
             min_backoff_ms: 200,
@@ -98,6 +104,7 @@ impl LakeConfig {
                 "must not contain . or .. segments",
             ));
         }
+        self.validate_files_prefix()?;
         if !(5 * MIB..=5 * 1024 * MIB).contains(&self.part_size_bytes) {
             return Err(E::invalid(
                 "lake.part_size_bytes",
@@ -120,6 +127,45 @@ impl LakeConfig {
             return Err(E::invalid("lake.request_timeout_ms", "must be at least 1"));
         }
         Ok(())
+    }
+
+    fn validate_files_prefix(&self) -> Result<(), service::ConfigError> {
+        use service::ConfigError as E;
+        let files = self.clean_files_prefix();
+        if files.is_empty() {
+            return Err(E::invalid("lake.files_prefix", "must not be empty"));
+        }
+        if files
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        {
+            return Err(E::invalid(
+                "lake.files_prefix",
+                "must not contain empty, . or .. segments",
+            ));
+        }
+        let lake = self.clean_prefix();
+        let inside =
+            |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+        let overlaps = if lake.is_empty() {
+            let first = files.split('/').next().unwrap_or_default();
+            super::schema::DATASETS.contains(&first)
+        } else {
+            inside(lake, files) || inside(files, lake)
+        };
+        if overlaps {
+            return Err(E::invalid(
+                "lake.files_prefix",
+                format!("{files:?} must lie outside the datasets (lake.prefix {lake:?})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file area's prefix without leading or trailing slashes (never empty once
+    /// validated).
+    pub fn clean_files_prefix(&self) -> &str {
+        self.files_prefix.trim_matches('/')
     }
 
     /// The prefix without leading or trailing slashes (may be empty).
@@ -157,6 +203,21 @@ mod tests {
                 Box::new(|c| c.secret_access_key.clear()),
             ),
             ("lake.prefix", Box::new(|c| c.prefix = "a/../b".into())),
+            (
+                "lake.files_prefix",
+                Box::new(|c| c.files_prefix = "/".into()),
+            ),
+            (
+                "lake.files_prefix",
+                Box::new(|c| c.files_prefix = "lake/files".into()),
+            ),
+            (
+                "lake.files_prefix",
+                Box::new(|c| {
+                    c.prefix = String::new();
+                    c.files_prefix = "positions".into();
+                }),
+            ),
             (
                 "lake.part_size_bytes",
                 Box::new(|c| c.part_size_bytes = 1024),

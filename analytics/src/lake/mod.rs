@@ -9,10 +9,12 @@
 //! install. Writers build Parquet files locally (with [`writer_properties`] and the schemas in
 //! [`schema`]), then hand them to [`Lake::publish_file`]. [`export`] publishes the platform's
 //! own tables (positions, tours, orders, windows) one local day at a time; [`Lake::session`]
-//! is the SQL view over all datasets. lake.md describes the layout for readers.
+//! is the SQL view over all datasets. [`files`] is the reporting service's file area in the
+//! same bucket, whose directories are tables too. lake.md describes the layout for readers.
 
 mod config;
 pub mod export;
+pub mod files;
 mod named_parquet;
 mod publish;
 pub mod schema;
@@ -47,6 +49,27 @@ impl Lake {
     /// The configuration the lake was opened with.
     pub fn config(&self) -> &LakeConfig {
         &self.store.config
+    }
+
+    /// The object store client (S3), for those that read and write objects of their own in
+    /// the lake's bucket (the file area).
+    pub fn objects(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        self.store.objects.clone()
+    }
+
+    /// Creates the bucket if it is missing (once per process).
+    pub async fn ensure_bucket(&self) -> anyhow::Result<()> {
+        self.store.ensure_bucket().await
+    }
+
+    /// The file area's keys ([`files::Layout`]) under `lake.files_prefix`.
+    pub fn files(&self) -> files::Layout {
+        files::Layout::new(self.store.config.clean_files_prefix())
+    }
+
+    /// `s3://<bucket>/<key>`, for messages.
+    pub fn url_of(&self, key: &object_store::path::Path) -> String {
+        self.store.url_of(key)
     }
 
     /// `s3://<bucket>/<prefix>/<dataset>/`: where a dataset's partitions live.

@@ -1,7 +1,8 @@
 //! The lake as SQL tables: a DataFusion session over the object store, with every dataset
 //! registered as a listing table over `<prefix>/<dataset>/`, its fixed schema and the Hive
 //! partition column `dt` (a DATE, like DuckDB, Spark and Trino read it). A dataset with no
-//! objects yet is an empty table, not an error.
+//! objects yet is an empty table, not an error. The file area's directories are tables of
+//! the schema `files` ([`super::files`]).
 
 use std::sync::Arc;
 
@@ -44,5 +45,6 @@ pub(crate) async fn session(store: &Store) -> anyhow::Result<SessionContext> {
         ctx.register_table(dataset, Arc::new(table))
             .with_context(|| format!("lake: registering {dataset}"))?;
     }
+    super::files::register(&ctx, store).await?;
     Ok(ctx)
 }

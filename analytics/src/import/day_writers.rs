@@ -1,0 +1,251 @@
+//! The threads that turn batches of trips into local Parquet files, one file per New York
+//! day of pickup, with the lake's `trips_nyc` schema, ready to publish.
+//!
+//! There is one writer thread per core. Each day belongs to one writer (by its number), so
+//! a day's rows always end in one file even when several readers parse parts of the same
+//! source file at once: readers send `(day, batch)` through a [`DaySink`], and the writer
+//! owning that day appends the batch. A writer keeps one `ArrowWriter` per day open; when
+//! the row groups being built in all of them together pass its share of [`MEMORY_BUDGET`],
+//! the largest is flushed to its file. Memory is therefore bounded by the number of days a
+//! file touches, never by its length.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Context};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ArrowWriter;
+
+use super::fields::civil_from_days;
+use crate::lake;
+
+/// Row groups being built, all days and writers together, before the largest is flushed.
+const MEMORY_BUDGET: usize = 64 << 20;
+/// Batches waiting for each writer.
+const QUEUE: usize = 4;
+
+/// Columns whose values are nearly all different (ids, instants, coordinates, distances):
+/// a dictionary would never pay, and trying one costs a hash of every value.
+const WITHOUT_DICTIONARY: [&str; 8] = [
+    "line",
+    "pickup_at",
+    "dropoff_at",
+    "distance_m",
+    "pickup_lon",
+    "pickup_lat",
+    "dropoff_lon",
+    "dropoff_lat",
+];
+
+/// A finished local file: the rows of one day.
+#[derive(Clone, Debug)]
+pub(crate) struct DayFile {
+    pub day: jiff::civil::Date,
+    pub path: PathBuf,
+}
+
+/// The day of a trip as the lake's partition date.
+pub(crate) fn date_of(day: i32) -> anyhow::Result<jiff::civil::Date> {
+    let (year, month, date) = civil_from_days(i64::from(day));
+    jiff::civil::Date::new(
+        i16::try_from(year).map_err(|_| anyhow!("year {year} is out of range"))?,
+        month as i8,
+        date as i8,
+    )
+    .with_context(|| format!("day {year}-{month}-{date}"))
+}
+
+/// The writer threads of one import.
+pub(crate) struct DayWriters {
+    schema: SchemaRef,
+    queues: Vec<SyncSender<(i32, RecordBatch)>>,
+    threads: Vec<JoinHandle<anyhow::Result<Vec<DayFile>>>>,
+}
+
+/// Where a reader sends its batches: to the writer that owns the batch's day.
+#[derive(Clone)]
+pub(crate) struct DaySink {
+    queues: Vec<SyncSender<(i32, RecordBatch)>>,
+}
+
+impl DayWriters {
+    /// Starts `count` writer threads (at least one) writing `<dir>/<YYYY-MM-DD>.parquet`.
+    pub(crate) fn start(dir: &Path, count: usize) -> anyhow::Result<DayWriters> {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("creating the import's scratch directory {}", dir.display())
+        })?;
+        let schema = lake::schema::trips_nyc();
+        let count = count.max(1);
+        let mut queues = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for n in 0..count {
+            let (queue, batches) = sync_channel(QUEUE);
+            let dir = dir.to_owned();
+            let schema = schema.clone();
+            let budget = MEMORY_BUDGET / count;
+            let thread = std::thread::Builder::new()
+                .name(format!("nyc-import-writer-{n}"))
+                .spawn(move || write_days(&dir, &schema, batches, budget))
+                .context("starting the import's writer threads")?;
+            queues.push(queue);
+            threads.push(thread);
+        }
+        Ok(DayWriters {
+            schema,
+            queues,
+            threads,
+        })
+    }
+
+    /// The schema the batches must have.
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// A sink for one reader. The writers end once every sink is dropped and
+    /// [`DayWriters::finish`] is called.
+    pub(crate) fn sink(&self) -> DaySink {
+        DaySink {
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// Waits for every writer (all sinks must be dropped first) and returns the day files,
+    /// by day. The first writer error, if any, is the result.
+    pub(crate) fn finish(mut self) -> anyhow::Result<Vec<DayFile>> {
+        self.queues.clear();
+        let mut files = Vec::new();
+        let mut first_error = None;
+        for thread in self.threads.drain(..) {
+            match thread.join() {
+                Ok(Ok(written)) => files.extend(written),
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(anyhow!("an import writer thread panicked"));
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        files.sort_by_key(|f| f.day);
+        Ok(files)
+    }
+}
+
+impl Drop for DayWriters {
+    fn drop(&mut self) {
+        // On an error elsewhere: close the queues so the writers end, and wait for them.
+        self.queues.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl DaySink {
+    /// Hands `batch` of `day` to its writer; an error means that writer stopped (its own
+    /// error comes from [`DayWriters::finish`]).
+    pub(crate) fn send(&self, day: i32, batch: RecordBatch) -> anyhow::Result<()> {
+        let index = day.rem_euclid(self.queues.len() as i32) as usize;
+        self.queues[index]
+            .send((day, batch))
+            .map_err(|_| anyhow!("the import's writer stopped"))
+    }
+}
+
+/// The lake's writer settings, without dictionaries for [`WITHOUT_DICTIONARY`].
+fn writer_properties() -> parquet::file::properties::WriterProperties {
+    WITHOUT_DICTIONARY
+        .iter()
+        .fold(lake::writer_properties_builder(), |builder, column| {
+            builder.set_column_dictionary_enabled(
+                parquet::schema::types::ColumnPath::from(*column),
+                false,
+            )
+        })
+        .build()
+}
+
+/// One writer thread: one `ArrowWriter` per day, row groups flushed within `budget`.
+fn write_days(
+    dir: &Path,
+    schema: &SchemaRef,
+    batches: Receiver<(i32, RecordBatch)>,
+    budget: usize,
+) -> anyhow::Result<Vec<DayFile>> {
+    struct Open {
+        day: jiff::civil::Date,
+        path: PathBuf,
+        writer: ArrowWriter<BufWriter<File>>,
+    }
+    let mut open: HashMap<i32, Open> = HashMap::new();
+    for (day, batch) in batches {
+        let entry = match open.entry(day) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(slot) => {
+                let date = date_of(day)?;
+                let path = dir.join(format!("{}.parquet", date.strftime("%Y-%m-%d")));
+                let file =
+                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                let writer = ArrowWriter::try_new(
+                    BufWriter::with_capacity(1 << 20, file),
+                    schema.clone(),
+                    Some(writer_properties()),
+                )
+                .with_context(|| format!("starting {}", path.display()))?;
+                slot.insert(Open {
+                    day: date,
+                    path,
+                    writer,
+                })
+            }
+        };
+        entry
+            .writer
+            .write(&batch)
+            .with_context(|| format!("writing {}", entry.path.display()))?;
+        let building: usize = open.values().map(|o| o.writer.in_progress_size()).sum();
+        if building > budget {
+            if let Some(largest) = open
+                .values_mut()
+                .max_by_key(|o| o.writer.in_progress_size())
+            {
+                largest
+                    .writer
+                    .flush()
+                    .with_context(|| format!("writing {}", largest.path.display()))?;
+            }
+        }
+    }
+    let mut files = Vec::with_capacity(open.len());
+    for (_, entry) in open {
+        entry
+            .writer
+            .close()
+            .with_context(|| format!("finishing {}", entry.path.display()))?;
+        files.push(DayFile {
+            day: entry.day,
+            path: entry.path,
+        });
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_become_dates() {
+        assert_eq!(date_of(16_450).unwrap(), jiff::civil::date(2015, 1, 15));
+    }
+}
