@@ -2,7 +2,8 @@
 //!
 //! Sections: `[http]` (the API's listener and its TLS), `[postgres]`, `[auth]` (single
 //! sign-on and static tokens, roles and their permissions), `[cache]`, `[pages]`, `[ops]`
-//! (`/metrics` and `/health`). Every key has a default for a local development platform;
+//! (`/metrics` and `/health`), `[dashboard]` (the web dashboard's sign-in and map),
+//! `[dispatch]` (where `POST /v1/orders` sends orders). Every key has a default for a local development platform;
 //! unknown keys are errors naming the key and the file. `DATABASE_URL` overrides
 //! `postgres.url`.
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub pages: PagesConfig,
     pub ops: OpsConfig,
+    pub dashboard: DashboardConfig,
+    pub dispatch: DispatchConfig,
 }
 
 /// The API's listener.
@@ -131,6 +134,42 @@ pub struct OpsConfig {
     pub listen: SocketAddr,
 }
 
+/// The web dashboard served under `/dashboard/`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// The redirect URI registered for `auth.oidc.client_id`; unset: the dashboard's own
+    /// address as the browser sees it (`<origin>/dashboard/`).
+    pub redirect: Option<String>,
+    /// Scopes asked for at sign-in (`openid` at least).
+    pub scope: String,
+    /// Development only: the sign-in page also takes a static token (`[[auth.tokens]]`)
+    /// pasted by hand. Off unless asked for (`platform --dev-sign-in`).
+    pub dev_sign_in: bool,
+    /// A base map under the fleet: an XYZ tile URL with `{z}`, `{x}`, `{y}`
+    /// (e.g. `https://tile.openstreetmap.org/{z}/{x}/{y}.png`). Unset: no tiles, nothing
+    /// fetched from elsewhere.
+    pub tile_url: Option<String>,
+    /// How often the live map's positions are read from the database and pushed.
+    pub live_interval_ms: u64,
+}
+
+/// The dispatch API that `POST /v1/orders` forwards to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Its base URL (`https://dispatch.example.com` or `http://127.0.0.1:9885`; plain HTTP
+    /// on loopback only). Unset: sending orders is off (503).
+    pub url: Option<String>,
+    /// A bearer token of the dispatch API (`dispatch.api.tokens`).
+    pub token: Option<String>,
+    /// CA of the dispatch API's HTTPS certificate, beside the system's.
+    pub ca: Option<PathBuf>,
+    /// A forwarded request taking longer fails (504).
+    pub timeout_ms: u64,
+}
+
 /// The roles every deployment starts with.
 pub fn default_roles() -> BTreeMap<String, Vec<String>> {
     let role = |permissions: &[&str]| permissions.iter().map(|p| (*p).to_owned()).collect();
@@ -183,6 +222,20 @@ impl Default for Config {
             },
             ops: OpsConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9887)),
+            },
+            dashboard: DashboardConfig {
+                enabled: true,
+                redirect: None,
+                scope: "openid profile".to_owned(),
+                dev_sign_in: false,
+                tile_url: None,
+                live_interval_ms: 1_000,
+            },
+            dispatch: DispatchConfig {
+                url: None,
+                token: None,
+                ca: None,
+                timeout_ms: 10_000,
             },
         }
     }
@@ -240,6 +293,52 @@ impl Config {
                 "pages.default_limit",
                 "must be at least 1 and at most pages.max_limit",
             ));
+        }
+        self.validate_dashboard()?;
+        self.validate_dispatch()?;
+        Ok(())
+    }
+
+    fn validate_dashboard(&self) -> Result<(), E> {
+        let dashboard = &self.dashboard;
+        if !dashboard.scope.split_whitespace().any(|s| s == "openid") {
+            return Err(E::invalid("dashboard.scope", "must include openid"));
+        }
+        if !(100..=60_000).contains(&dashboard.live_interval_ms) {
+            return Err(E::invalid(
+                "dashboard.live_interval_ms",
+                "must be 100 to 60000",
+            ));
+        }
+        if let Some(redirect) = &dashboard.redirect {
+            check_url("dashboard.redirect", redirect)?;
+        }
+        if let Some(tiles) = &dashboard.tile_url {
+            if !(tiles.starts_with("https://") || tiles.starts_with("http://"))
+                || !["{z}", "{x}", "{y}"].iter().all(|p| tiles.contains(p))
+            {
+                return Err(E::invalid(
+                    "dashboard.tile_url",
+                    "must be an http(s) URL with {z}, {x} and {y}",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_dispatch(&self) -> Result<(), E> {
+        let Some(url) = &self.dispatch.url else {
+            return Ok(());
+        };
+        check_url("dispatch.url", url)?;
+        if self.dispatch.token.as_deref().is_none_or(str::is_empty) {
+            return Err(E::invalid(
+                "dispatch.token",
+                "must be set with dispatch.url: a token of the dispatch API",
+            ));
+        }
+        if self.dispatch.timeout_ms == 0 {
+            return Err(E::invalid("dispatch.timeout_ms", "must be at least 1"));
         }
         Ok(())
     }
@@ -324,6 +423,28 @@ impl Config {
     }
 }
 
+/// An absolute `https://` URL, or `http://` to a loopback host (nothing secret crosses a
+/// network in clear).
+fn check_url(key: &str, url: &str) -> Result<(), E> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| E::invalid(key, format!("{url:?} is not a URL: {e}")))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(E::invalid(
+            key,
+            format!("{url:?}: plain http only to a loopback address; use https"),
+        )),
+        _ => Err(E::invalid(key, format!("{url:?} is not an http(s) URL"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +525,22 @@ mod tests {
             (
                 Box::new(|c| c.pages.default_limit = 0),
                 "pages.default_limit",
+            ),
+            (
+                Box::new(|c| c.dispatch.url = Some("http://10.0.0.5:9885".to_owned())),
+                "dispatch.url",
+            ),
+            (
+                Box::new(|c| c.dispatch.url = Some("http://127.0.0.1:9885".to_owned())),
+                "dispatch.token",
+            ),
+            (
+                Box::new(|c| c.dashboard.tile_url = Some("https://tiles.example/a.png".to_owned())),
+                "dashboard.tile_url",
+            ),
+            (
+                Box::new(|c| c.dashboard.scope = "profile".to_owned()),
+                "dashboard.scope",
             ),
         ];
         for (change, key) in cases {

@@ -5,6 +5,7 @@
 //! - [`auth`]: OpenID Connect access tokens and static tokens, roles and permissions.
 //! - [`api`]: the `/v1` reports, paged JSON and streamed CSV.
 //! - [`cache`]: answers kept in process or in Redis, dropped when a day is recomputed.
+//! - [`dashboard`]: the web dashboard (`/dashboard/`): live map, charts, tables, orders.
 //!
 //! It reads the platform's database (the bridge's and the analytics layer's tables) and
 //! writes nothing there.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod dashboard;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -65,15 +67,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningReporting> {
         .with_context(|| format!("ops.listen: cannot listen on {}", config.ops.listen))?;
     let ops_addr = ops.local_addr()?;
 
+    let shared = Arc::new(config.clone());
     let state = api::AppState {
         tz: config.tz(),
-        config: Arc::new(config.clone()),
+        config: shared.clone(),
         pool: pool.clone(),
-        auth,
+        auth: auth.clone(),
         cache,
         exports: api::listing::exports(MAX_EXPORTS),
+        live: dashboard::live::Hub::start(
+            pool.clone(),
+            Duration::from_millis(config.dashboard.live_interval_ms),
+        ),
+        dispatch: api::orders::Dispatch::new(&config.dispatch)?,
     };
-    let app = api::router(state);
+    let app = dashboard::router(shared, auth).merge(api::router(state));
     service::tls::serve(
         listener,
         tls,

@@ -13,12 +13,16 @@
 //! - `GET /v1/trips?from&to&taxi`, `GET /v1/invoices?from&to&taxi&flagged`,
 //!   `GET /v1/orders?from&to&taxi&state`.
 //! - `GET /v1/taxis/{taxi}/route|trips|stops|summary?from&to`.
+//! - `POST /v1/orders`, `GET /v1/orders/{order_id}`: send an order, follow it ([`orders`]).
+//! - `GET /v1/live`: the fleet's positions as server-sent events
+//!   ([`crate::dashboard::live`]).
 //!
 //! Requests are counted in `reporting_http_requests_total{route,status}` and timed in
 //! `reporting_http_request_seconds{route}`.
 
 pub mod error;
 pub mod listing;
+pub mod orders;
 pub mod params;
 pub mod reports;
 pub mod rows;
@@ -56,6 +60,10 @@ pub struct AppState {
     /// CSV exports running at once (each holds its own database connection).
     pub exports: Arc<Semaphore>,
     pub tz: TimeZone,
+    /// The live positions pushed to dashboards.
+    pub live: crate::dashboard::live::Hub,
+    /// Where orders are sent (`[dispatch]`); `None`: sending is off.
+    pub dispatch: Option<Arc<orders::Dispatch>>,
 }
 
 /// The API's router.
@@ -68,7 +76,9 @@ pub fn router(state: AppState) -> Router {
         .route("/daily/zones", get(daily_zones))
         .route("/trips", get(trips))
         .route("/invoices", get(invoices))
-        .route("/orders", get(orders))
+        .route("/orders", get(orders).post(orders::send))
+        .route("/orders/{order_id}", get(orders::show))
+        .route("/live", get(crate::dashboard::live::stream))
         .route("/taxis/{taxi}/route", get(taxi_route))
         .route("/taxis/{taxi}/trips", get(taxi_trips))
         .route("/taxis/{taxi}/stops", get(taxi_stops))
@@ -118,7 +128,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     }
 }
 
-type Caller = Extension<Arc<Principal>>;
+pub(crate) type Caller = Extension<Arc<Principal>>;
 
 async fn me(Extension(principal): Caller) -> Json<serde_json::Value> {
     let permissions: Vec<&str> = principal.permissions.iter().map(|p| p.name()).collect();
