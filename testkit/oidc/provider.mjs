@@ -13,6 +13,11 @@
 //   authorization request's `login_hint` (or the default account) and grants consent, so a
 //   headless browser or an HTTP client that follows redirects (and keeps cookies) ends at
 //   the client's redirect URI with a code;
+// - or, with --interactive, a sign-in page: GET /interaction/:uid shows a form (account and
+//   password, the account prefilled from `login_hint`) that posts to
+//   /interaction/:uid/login; a known account (with its password, when it has one) is signed
+//   in, anything else gets the form again with the reason. Consent is still granted without
+//   a page;
 // - signing keys from a JWKS file (private keys; the first one signs), so that tests can
 //   rotate keys and keep or drop the old ones.
 //
@@ -20,12 +25,12 @@
 //   node provider.mjs --port 8080 --clients clients.json [--accounts accounts.json]
 //        [--jwks jwks.json] [--issuer URL] [--audience urn:taxi-reporting] [--scope reports]
 //        [--roles-claim roles] [--access-token-ttl 600] [--default-account alice]
-//        [--host 127.0.0.1]
+//        [--host 127.0.0.1] [--interactive]
 //   node provider.mjs keygen [--alg RS256|ES256]     prints one private JWK (with kid)
 //
 // Every option may also come from the environment: OIDC_PORT, OIDC_CLIENTS, OIDC_ACCOUNTS,
 // OIDC_JWKS, OIDC_ISSUER, OIDC_AUDIENCE, OIDC_SCOPE, OIDC_ROLES_CLAIM,
-// OIDC_ACCESS_TOKEN_TTL, OIDC_DEFAULT_ACCOUNT, OIDC_HOST.
+// OIDC_ACCESS_TOKEN_TTL, OIDC_DEFAULT_ACCOUNT, OIDC_HOST, OIDC_INTERACTIVE=1.
 //
 // clients.json: an array of oidc-provider client metadata (client_id, client_secret,
 // redirect_uris, grant_types, response_types, token_endpoint_auth_method, ...) where each
@@ -33,7 +38,8 @@
 //   roles              array of strings, put in client_credentials access tokens
 //   access_token_ttl   seconds, this client's access token lifetime
 //   not_before_offset  seconds; when present, access tokens carry nbf = iat + offset
-// accounts.json: an array of { "id": "alice", "roles": ["analyst"], "claims": { ... } }.
+// accounts.json: an array of { "id": "alice", "roles": ["analyst"], "claims": { ... },
+// "password": "..." } (the password is optional, and checked by the sign-in page only).
 //
 // When listening, one line is printed on stdout:
 //   {"ready":true,"issuer":"http://127.0.0.1:8080","port":8080,"kids":["..."]}
@@ -107,6 +113,7 @@ const { values, positionals } = parseArgs({
     'access-token-ttl': { type: 'string', default: process.env.OIDC_ACCESS_TOKEN_TTL ?? '600' },
     'default-account': { type: 'string', default: process.env.OIDC_DEFAULT_ACCOUNT },
     alg: { type: 'string', default: 'RS256' },
+    interactive: { type: 'boolean', default: process.env.OIDC_INTERACTIVE === '1' },
   },
 });
 
@@ -158,7 +165,9 @@ if (!Array.isArray(accountEntries)) fail('the accounts file must hold a JSON arr
 const accounts = new Map();
 for (const entry of accountEntries) {
   if (typeof entry?.id !== 'string') fail('every account needs an id');
-  accounts.set(entry.id, { roles: entry.roles ?? [], claims: entry.claims ?? {} });
+  accounts.set(entry.id, {
+    roles: entry.roles ?? [], claims: entry.claims ?? {}, password: entry.password,
+  });
 }
 
 // Signing keys: the file's (the first one of an algorithm signs), or one made now.
@@ -280,7 +289,63 @@ try {
 }
 provider.proxy = false;
 
-// The interaction endpoint: signs in and consents without a page.
+function escapeHtml(text) {
+  return String(text ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+// The sign-in page of --interactive.
+function loginPage(ctx, uid, clientId, login, problem) {
+  ctx.status = 200;
+  ctx.type = 'html';
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = `<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Sign in</title></head>
+<body>
+<h1>Sign in to ${escapeHtml(clientId)}</h1>
+${problem ? `<p id="problem">${escapeHtml(problem)}</p>` : ''}
+<form method="post" action="/interaction/${escapeHtml(uid)}/login" id="login-form">
+<label>Account <input name="login" id="login" autocomplete="username" value="${escapeHtml(login)}"></label>
+<label>Password <input name="password" id="password" type="password" autocomplete="current-password"></label>
+<button type="submit" id="submit">Sign in</button>
+</form>
+</body></html>`;
+}
+
+async function readForm(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+// The sign-in page's form: a known account (and its password, if it has one) signs in.
+provider.use(async (ctx, next) => {
+  const match = /^\/interaction\/([^/]+)\/login$/.exec(ctx.path);
+  if (!match || ctx.method !== 'POST' || !values.interactive) {
+    await next();
+    return;
+  }
+  try {
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    const form = await readForm(ctx.req);
+    const login = form.get('login') ?? '';
+    const account = accounts.get(login);
+    if (!account || (account.password !== undefined && form.get('password') !== account.password)) {
+      loginPage(ctx, details.uid, details.params.client_id, login, 'Unknown account or wrong password.');
+      return;
+    }
+    const returnTo = await provider.interactionResult(ctx.req, ctx.res, {
+      login: { accountId: login },
+    }, { mergeWithLastSubmission: false });
+    ctx.status = 303;
+    ctx.redirect(returnTo);
+  } catch (error) {
+    ctx.status = 400;
+    ctx.type = 'json';
+    ctx.body = { error: 'interaction_failed', error_description: error.message };
+  }
+});
+
+// The interaction endpoint: signs in (or shows the sign-in page) and consents without a page.
 provider.use(async (ctx, next) => {
   const match = /^\/interaction\/([^/]+)$/.exec(ctx.path);
   if (!match || ctx.method !== 'GET') {
@@ -291,6 +356,10 @@ provider.use(async (ctx, next) => {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     const { prompt, params } = details;
     let result;
+    if (prompt.name === 'login' && values.interactive) {
+      loginPage(ctx, details.uid, params.client_id, params.login_hint ?? '', null);
+      return;
+    }
     if (prompt.name === 'login') {
       const accountId = params.login_hint || defaultAccount;
       if (!accountId) {

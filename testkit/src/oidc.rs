@@ -17,6 +17,9 @@
 //!   endpoint signs in the account named by `login_hint` (or the default account) and grants
 //!   consent, so following its redirects ends at the client's redirect URI with a code. A
 //!   headless browser pointed at [`OidcProvider::authorization_url`] gets there the same way.
+//!   With [`OidcOptions::interactive_login`] the provider shows a sign-in page instead (a
+//!   form with the account and its password, [`OidcAccount::password`]) that a browser
+//!   fills in and submits, as a person would; consent is still given without a page.
 //!
 //! The Node modules are installed by `scripts/setup`; when they are missing, `start` runs
 //! `npm ci --prefix testkit/oidc` itself (once per machine, under a file lock). The programs
@@ -61,6 +64,8 @@ pub struct OidcOptions {
     pub accounts: Vec<OidcAccount>,
     /// The account signed in when an authorization request has no `login_hint`.
     pub default_account: Option<String>,
+    /// A sign-in page (a form a browser submits) instead of signing in without one.
+    pub interactive_login: bool,
 }
 
 impl Default for OidcOptions {
@@ -73,6 +78,7 @@ impl Default for OidcOptions {
             clients: Vec::new(),
             accounts: Vec::new(),
             default_account: None,
+            interactive_login: false,
         }
     }
 }
@@ -105,6 +111,14 @@ impl OidcOptions {
 
     pub fn default_account(mut self, id: &str) -> OidcOptions {
         self.default_account = Some(id.to_owned());
+        self
+    }
+
+    /// People sign in on a page of the provider: `GET /interaction/<uid>` answers a form
+    /// (`#login`, `#password`, `#submit`) that posts to `/interaction/<uid>/login`.
+    /// [`OidcProvider::authorize`] does not fill it in: a browser does.
+    pub fn interactive_login(mut self) -> OidcOptions {
+        self.interactive_login = true;
         self
     }
 
@@ -245,6 +259,8 @@ pub struct OidcAccount {
     pub roles: Vec<String>,
     /// Standard claims (`name`, `email`, ...), released by the matching scopes.
     pub claims: serde_json::Map<String, Value>,
+    /// Asked for by the sign-in page of [`OidcOptions::interactive_login`]; `None`: any.
+    pub password: Option<String>,
 }
 
 impl OidcAccount {
@@ -253,7 +269,13 @@ impl OidcAccount {
             id: id.to_owned(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             claims: serde_json::Map::new(),
+            password: None,
         }
+    }
+
+    pub fn password(mut self, password: &str) -> OidcAccount {
+        self.password = Some(password.to_owned());
+        self
     }
 
     pub fn claim(mut self, name: &str, value: impl Into<Value>) -> OidcAccount {
@@ -262,7 +284,11 @@ impl OidcAccount {
     }
 
     fn to_json(&self) -> Value {
-        json!({ "id": self.id, "roles": self.roles, "claims": self.claims })
+        let mut account = json!({ "id": self.id, "roles": self.roles, "claims": self.claims });
+        if let Some(password) = &self.password {
+            account["password"] = json!(password);
+        }
+        account
     }
 }
 
@@ -874,6 +900,9 @@ impl OidcProvider {
             .arg(self.options.access_token_ttl.as_secs().to_string());
         if let Some(account) = &self.options.default_account {
             command.arg("--default-account").arg(account);
+        }
+        if self.options.interactive_login {
+            command.arg("--interactive");
         }
         let mut child = command
             .current_dir(package_dir())

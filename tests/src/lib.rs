@@ -16,6 +16,8 @@
 //! - [`tours`]: a bridge judging tours with a known tariff, a known route, invoices read back.
 //! - [`dispatch`]: the orders API, taxis on their inbox, a broker restartable in place.
 //! - [`conformance`]: the Eclipse paho interoperability suite through an mTLS shim.
+//! - [`dashboard`]: headless Chromium over the DevTools protocol, and the platform the
+//!   reporting dashboard shows (taxis moving, figures, orders, the provider's sign-in page).
 //! - [`monitoring`]: the files of `monitoring/`, `promtool`, and a real Prometheus over HTTPS.
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
@@ -25,6 +27,7 @@ pub mod archive;
 pub mod bridge_process;
 pub mod broker;
 pub mod conformance;
+pub mod dashboard;
 pub mod dispatch;
 pub mod http;
 pub mod monitoring;
