@@ -31,7 +31,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::SessionContext;
 use futures_util::TryStreamExt;
-use object_store::path::Path as ObjectPath;
+use object_store::path::{Path as ObjectPath, PathPart};
 
 use super::store::Store;
 
@@ -81,7 +81,9 @@ impl Layout {
     fn under<'a>(&self, area: &str, segments: impl IntoIterator<Item = &'a str>) -> ObjectPath {
         let mut path = ObjectPath::from(format!("{}/{area}", self.root));
         for segment in segments {
-            path = path.join(segment);
+            // A name as it is (not percent-encoded), so the store's keys are the API's names;
+            // one object_store refuses (a control character) is stored encoded.
+            path = path.join(PathPart::parse(segment).unwrap_or_else(|_| PathPart::from(segment)));
         }
         path
     }
@@ -242,6 +244,7 @@ mod tests {
             "files/rejected/reasons/a/b.json.json"
         );
         assert_eq!(layout.staging("x1").as_ref(), "files/staging/x1");
+        assert_eq!(layout.data(["süd", "a b.csv"]).as_ref(), "files/data/süd/a b.csv");
         assert_eq!(Layout::table_name("events", Format::Csv), "events_csv");
     }
 }

@@ -172,6 +172,15 @@ impl Lake {
     pub async fn session(&self) -> anyhow::Result<datafusion::prelude::SessionContext> {
         session::session(&self.store).await
     }
+
+    /// A DataFusion session with only `datasets` registered (like [`Lake::session`], without
+    /// the file area's tables, which take a listing to find).
+    pub async fn session_of(
+        &self,
+        datasets: &[&str],
+    ) -> anyhow::Result<datafusion::prelude::SessionContext> {
+        session::session_of(&self.store, datasets).await
+    }
 }
 
 /// Parquet writer settings every dataset uses: zstd, row groups of 128 Ki rows with column

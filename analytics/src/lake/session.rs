@@ -18,8 +18,17 @@ use super::named_parquet::NamedParquet;
 use super::schema;
 use super::store::Store;
 
-/// A new session with the store registered under `s3://<bucket>` and one table per dataset.
+/// A new session with the store registered under `s3://<bucket>` and one table per dataset,
+/// and the file area's tables.
 pub(crate) async fn session(store: &Store) -> anyhow::Result<SessionContext> {
+    let ctx = session_of(store, schema::DATASETS).await?;
+    super::files::register(&ctx, store).await?;
+    Ok(ctx)
+}
+
+/// A new session with only `datasets` as tables (no listing of the file area): for a
+/// reader that knows what it reads.
+pub(crate) async fn session_of(store: &Store, datasets: &[&str]) -> anyhow::Result<SessionContext> {
     store.ensure_bucket().await?;
     let config = SessionConfig::new()
         .with_information_schema(true)
@@ -28,7 +37,7 @@ pub(crate) async fn session(store: &Store) -> anyhow::Result<SessionContext> {
     let bucket_url = ObjectStoreUrl::parse(store.bucket_url())
         .with_context(|| format!("lake: {} is not a valid store URL", store.bucket_url()))?;
     ctx.register_object_store(bucket_url.as_ref(), store.objects.clone());
-    for &dataset in schema::DATASETS {
+    for &dataset in datasets {
         let url = format!("{}/{}/", store.bucket_url(), store.dataset_prefix(dataset));
         let table_url = ListingTableUrl::parse(&url)
             .with_context(|| format!("lake: {url} is not a valid table URL"))?;
@@ -45,6 +54,5 @@ pub(crate) async fn session(store: &Store) -> anyhow::Result<SessionContext> {
         ctx.register_table(dataset, Arc::new(table))
             .with_context(|| format!("lake: registering {dataset}"))?;
     }
-    super::files::register(&ctx, store).await?;
     Ok(ctx)
 }
