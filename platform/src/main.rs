@@ -194,8 +194,8 @@ fn dev_pki(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The reporting API on this platform: the same database and time zone as analytics, the
-/// development certificate, and the development token (role admin).
+/// The reporting API on this platform: the same database, time zone and lake as analytics,
+/// the development certificate, and the development token (role admin).
 fn reporting_config(
     cli: &Cli,
     database_url: &str,
@@ -204,6 +204,9 @@ fn reporting_config(
     let mut defaults = reporting::Config::default();
     defaults.postgres.url = database_url.to_owned();
     defaults.time_zone = analytics.time_zone.clone();
+    // The file API and the NYC trips read and write the lake the analytics layer uses
+    // (the embedded S3 server unless configured otherwise).
+    defaults.lake = analytics.lake.clone();
     defaults.auth.tokens = vec![reporting::config::StaticToken {
         name: "dev".to_owned(),
         sha256: reporting::auth::tokens::token_sha256(DEV_REPORTING_TOKEN),

@@ -3,7 +3,8 @@
 //! Sections: `[http]` (the API's listener and its TLS), `[postgres]`, `[auth]` (single
 //! sign-on and static tokens, roles and their permissions), `[cache]`, `[pages]`, `[ops]`
 //! (`/metrics` and `/health`), `[dashboard]` (the web dashboard's sign-in and map),
-//! `[dispatch]` (where `POST /v1/orders` sends orders). Every key has a default for a local development platform;
+//! `[dispatch]` (where `POST /v1/orders` sends orders), `[files]` (the file API's limits) and
+//! `[lake]` (the lake's object store: analytics' `[lake]` keys). Every key has a default for a local development platform;
 //! unknown keys are errors naming the key and the file. `DATABASE_URL` overrides
 //! `postgres.url`.
 
@@ -33,6 +34,11 @@ pub struct Config {
     pub ops: OpsConfig,
     pub dashboard: DashboardConfig,
     pub dispatch: DispatchConfig,
+    /// The file API (`/filesystem/`).
+    pub files: crate::files::FilesConfig,
+    /// The lake's object store (the same keys as analytics' `[lake]`): the file API's files
+    /// and the imported NYC trips.
+    pub lake: analytics::lake::LakeConfig,
 }
 
 /// The API's listener.
@@ -177,7 +183,11 @@ pub fn default_roles() -> BTreeMap<String, Vec<String>> {
         ("viewer".to_owned(), role(&["fleet", "reports"])),
         (
             "analyst".to_owned(),
-            role(&["fleet", "reports", "trips", "invoices", "orders"]),
+            role(&["fleet", "reports", "trips", "invoices", "orders", "files.read"]),
+        ),
+        (
+            "data-engineer".to_owned(),
+            role(&["fleet", "reports", "trips", "files.read", "files.write"]),
         ),
         (
             "dispatcher".to_owned(),
@@ -237,6 +247,8 @@ impl Default for Config {
                 ca: None,
                 timeout_ms: 10_000,
             },
+            files: crate::files::FilesConfig::default(),
+            lake: analytics::lake::LakeConfig::default(),
         }
     }
 }
@@ -296,6 +308,8 @@ impl Config {
         }
         self.validate_dashboard()?;
         self.validate_dispatch()?;
+        self.files.validate()?;
+        self.lake.validate()?;
         Ok(())
     }
 
@@ -525,6 +539,14 @@ mod tests {
             (
                 Box::new(|c| c.pages.default_limit = 0),
                 "pages.default_limit",
+            ),
+            (
+                Box::new(|c| c.files.multipart_threshold_bytes = 1),
+                "files.multipart_threshold_bytes",
+            ),
+            (
+                Box::new(|c| c.lake.files_prefix = "lake".to_owned()),
+                "lake.files_prefix",
             ),
             (
                 Box::new(|c| c.dispatch.url = Some("http://10.0.0.5:9885".to_owned())),

@@ -6,15 +6,18 @@
 //! - [`api`]: the `/v1` reports, paged JSON and streamed CSV.
 //! - [`cache`]: answers kept in process or in Redis, dropped when a day is recomputed.
 //! - [`dashboard`]: the web dashboard (`/dashboard/`): live map, charts, tables, orders.
+//! - [`files`]: the file API (`/filesystem/`): files in the lake's object store, JSON, CSV
+//!   and Parquet uploads as tables.
 //!
 //! It reads the platform's database (the bridge's and the analytics layer's tables) and
-//! writes nothing there.
+//! writes nothing there; it writes to the lake's bucket only under `lake.files_prefix`.
 
 pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod dashboard;
+pub mod files;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -80,6 +83,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningReporting> {
             Duration::from_millis(config.dashboard.live_interval_ms),
         ),
         dispatch: api::orders::Dispatch::new(&config.dispatch)?,
+        lake: Arc::new(analytics::lake::Lake::open(&config.lake).await?),
     };
     let app = dashboard::router(shared, auth).merge(api::router(state));
     service::tls::serve(

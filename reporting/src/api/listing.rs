@@ -154,12 +154,12 @@ pub fn page_body(page: &Page, path: &str, params: &Params) -> Value {
 }
 
 /// What a cursor is bound to: the report and its filters.
-fn fingerprint(route: &str, params: &Params) -> String {
+pub(crate) fn fingerprint(route: &str, params: &Params) -> String {
     let digest = Sha256::digest(format!("{route}?{}", params.filters()).as_bytes());
     hex::encode(&digest[..8])
 }
 
-fn encode_cursor(
+pub(crate) fn encode_cursor(
     fingerprint: &str,
     key: &[(&str, &str)],
     last: &Map<String, Value>,
@@ -179,7 +179,7 @@ fn encode_cursor(
     Ok(URL_SAFE_NO_PAD.encode(json.to_string()))
 }
 
-fn decode_cursor(cursor: &str, fingerprint: &str, parts: usize) -> Result<Vec<String>, ApiError> {
+pub(crate) fn decode_cursor(cursor: &str, fingerprint: &str, parts: usize) -> Result<Vec<String>, ApiError> {
     let bad = || ApiError::bad("cursor", "not a cursor this API gave out");
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;

@@ -16,12 +16,17 @@
 //! - `POST /v1/orders`, `GET /v1/orders/{order_id}`: send an order, follow it ([`orders`]).
 //! - `GET /v1/live`: the fleet's positions as server-sent events
 //!   ([`crate::dashboard::live`]).
+//! - `GET /v1/trips/nyc?from&to`: imported NYC TLC trips, read from the lake's `trips_nyc`
+//!   with DataFusion ([`nyc`]); paged and CSV like the others. (`/v1/trips` stays the
+//!   fleet's own tours, from PostgreSQL.)
+//! - `/filesystem/<path>`: the file API ([`crate::files`]).
 //!
 //! Requests are counted in `reporting_http_requests_total{route,status}` and timed in
 //! `reporting_http_request_seconds{route}`.
 
 pub mod error;
 pub mod listing;
+pub mod nyc;
 pub mod orders;
 pub mod params;
 pub mod reports;
@@ -64,6 +69,8 @@ pub struct AppState {
     pub live: crate::dashboard::live::Hub,
     /// Where orders are sent (`[dispatch]`); `None`: sending is off.
     pub dispatch: Option<Arc<orders::Dispatch>>,
+    /// The lake (`[lake]`): the file API's store and the imported NYC trips.
+    pub lake: Arc<analytics::lake::Lake>,
 }
 
 /// The API's router.
@@ -75,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/daily", get(daily))
         .route("/daily/zones", get(daily_zones))
         .route("/trips", get(trips))
+        .route("/trips/nyc", get(nyc::trips))
         .route("/invoices", get(invoices))
         .route("/orders", get(orders).post(orders::send))
         .route("/orders/{order_id}", get(orders::show))
@@ -86,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)
+        .merge(crate::files::routes(&state))
         .fallback(|| async { ApiError::not_found("no such route (see /v1/...)") })
         .layer(middleware::from_fn(count))
         .with_state(state)
@@ -109,7 +118,7 @@ async fn count(request: Request, next: Next) -> Response {
 }
 
 /// Authenticates the caller (401 otherwise) and hands the principal to the handler.
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -196,7 +205,7 @@ fn json_response(body: Bytes, cache: &'static str) -> Response {
 }
 
 /// Whether the client asked for CSV.
-fn wants_csv(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_csv(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

@@ -47,7 +47,7 @@ fn and_equal<T: tokio_postgres::types::ToSql + Sync + Send + 'static>(
 }
 
 /// `from`/`to` instants, 24 hours up to now by default; `from` must be before `to`.
-fn instants(params: &Params) -> Result<(Timestamp, Timestamp), ApiError> {
+pub(crate) fn instants(params: &Params) -> Result<(Timestamp, Timestamp), ApiError> {
     let to = params.timestamp("to")?.unwrap_or_else(Timestamp::now);
     let from = match params.timestamp("from")? {
         Some(from) => from,

@@ -18,15 +18,21 @@ pub enum Permission {
     Orders,
     /// Sending an order to a taxi.
     OrdersSend,
+    /// Reading the file API's files and listing its directories.
+    FilesRead,
+    /// Uploading and deleting files of the file API.
+    FilesWrite,
 }
 
-const ALL: [(Permission, &str); 6] = [
+const ALL: [(Permission, &str); 8] = [
     (Permission::Fleet, "fleet"),
     (Permission::Reports, "reports"),
     (Permission::Trips, "trips"),
     (Permission::Invoices, "invoices"),
     (Permission::Orders, "orders"),
     (Permission::OrdersSend, "orders.send"),
+    (Permission::FilesRead, "files.read"),
+    (Permission::FilesWrite, "files.write"),
 ];
 
 impl Permission {
@@ -106,6 +112,10 @@ mod tests {
         assert!(of("dispatcher").contains(&Permission::OrdersSend));
         assert!(!of("dispatcher").contains(&Permission::Invoices));
         assert_eq!(of("admin").len(), ALL.len());
+        assert!(of("analyst").contains(&Permission::FilesRead));
+        assert!(!of("analyst").contains(&Permission::FilesWrite));
+        assert!(of("data-engineer").contains(&Permission::FilesWrite));
+        assert!(!of("viewer").contains(&Permission::FilesRead));
         assert!(of("nobody").is_empty());
     }
 
