@@ -2,7 +2,7 @@
 //! that talk to it built from here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,6 +14,51 @@ use crate::pki::{ClientCert, TestPki};
 
 /// How often the test broker looks at its certificate and CRL files.
 pub const RELOAD_INTERVAL_MS: u64 = 200;
+
+/// What the harness needs of a broker under test, ours or another (see
+/// [`crate::mosquitto::MosquittoBroker`]): where it listens and the CA its certificate is from,
+/// hence how to build clients for it.
+pub trait MqttBroker {
+    /// Its mTLS MQTT listener.
+    fn mqtt_addr(&self) -> SocketAddr;
+    /// The CA of the PKI, PEM text and file.
+    fn ca_pem(&self) -> &str;
+    fn ca_path(&self) -> &Path;
+
+    /// A rumqttc client presenting `cert`, with the client id of its CN unless changed.
+    fn client(&self, cert: &ClientCert) -> ClientBuilder {
+        ClientBuilder::new(
+            self.mqtt_addr(),
+            self.ca_pem(),
+            &cert.id,
+            Some((cert.cert_pem.clone(), cert.key_pem.clone())),
+        )
+    }
+
+    /// A `mosquitto_sub` presenting `cert`.
+    fn mosquitto_sub(&self, cert: &ClientCert) -> MosquittoSub {
+        MosquittoSub::new(self.mqtt_addr(), self.ca_path(), cert)
+    }
+
+    /// A `mosquitto_pub` presenting `cert`.
+    fn mosquitto_pub(&self, cert: &ClientCert) -> MosquittoPub {
+        MosquittoPub::new(self.mqtt_addr(), self.ca_path(), cert)
+    }
+}
+
+impl MqttBroker for TestBroker {
+    fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+}
 
 /// A broker running on the current tokio runtime (it stops with the runtime).
 pub struct TestBroker {

@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::broker::TestBroker;
+use crate::broker::{MqttBroker, TestBroker};
 use crate::mosquitto::SubProcess;
 use crate::mqtt::{Message, MqttClient};
 use crate::pki::{ClientCert, TestPki};
@@ -22,7 +22,11 @@ pub const TOKEN_NAME: &str = "office";
 
 /// A bridge configuration for `platform` with dispatch and its API on (on a free port), one
 /// token ([`TOKEN`] as [`TOKEN_NAME`]), quick sweeps, and resends every `resend_ms`.
-pub fn dispatch_config(platform: &Platform, id: &str, resend_ms: u64) -> Result<bridge::Config> {
+pub fn dispatch_config<B: MqttBroker>(
+    platform: &Platform<B>,
+    id: &str,
+    resend_ms: u64,
+) -> Result<bridge::Config> {
     let mut config = platform.bridge_config(id, platform.embedded_archive(&format!("s3-{id}")));
     let port = testkit::free_port().context("finding a free port for the dispatch API")?;
     config.dispatch.enabled = true;
@@ -207,8 +211,8 @@ impl DispatchApi {
 
 /// A taxi listening on its inbox with rumqttc: connected with a persistent session
 /// (`clean_session = false`) or not, subscribed QoS 1.
-pub async fn inbox_taxi(
-    platform: &Platform,
+pub async fn inbox_taxi<B: MqttBroker>(
+    platform: &Platform<B>,
     cert: &ClientCert,
     persistent: bool,
 ) -> Result<MqttClient> {
@@ -262,7 +266,11 @@ pub async fn answer(
 }
 
 /// Waits until the ack `(taxi, seq)` is stored (the pipeline has processed it).
-pub async fn wait_for_ack_stored(platform: &Platform, taxi_id: &str, seq: i64) -> Result<()> {
+pub async fn wait_for_ack_stored<B: MqttBroker>(
+    platform: &Platform<B>,
+    taxi_id: &str,
+    seq: i64,
+) -> Result<()> {
     let url = platform.database_url();
     eventually(&format!("ack {taxi_id}/{seq} stored"), ARRIVAL, || {
         let url = url.clone();

@@ -1,20 +1,27 @@
-//! The Mosquitto command-line clients as independent peers: `mosquitto_sub` runs in the
-//! background with its output lines on a channel, `mosquitto_pub` runs to completion.
+//! Mosquitto, a broker and clients no one here wrote.
 //!
-//! Both run with `-d`, so the protocol exchange (CONNACK, SUBACK, ...) is visible next to the
-//! `-v` message lines (`<topic> <payload>`). Processes are killed when dropped.
+//! The command-line clients as independent peers: `mosquitto_sub` runs in the background
+//! with its output lines on a channel, `mosquitto_pub` runs to completion. Both run with
+//! `-d`, so the protocol exchange (CONNACK, SUBACK, ...) is visible next to the `-v` message
+//! lines (`<topic> <payload>`). Processes are killed when dropped.
+//!
+//! [`MosquittoBroker`]: the Mosquitto 2.0 broker as the platform's broker, configured with
+//! exactly what `broker export-acl` prints (ACL and `mosquitto.conf`) for the test PKI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use broker::acl_export::{mosquitto_conf, AclExport, MosquittoFiles, DEFAULT_DEVICE_ROLE};
+use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::pki::ClientCert;
+use crate::broker::MqttBroker;
+use crate::pki::{ClientCert, TestPki};
 use crate::WAIT;
 
 /// One output line of a client process.
@@ -433,5 +440,145 @@ impl MosquittoPub {
             "mosquitto_pub to {topic} was not acknowledged: {output:?}"
         );
         Ok(output)
+    }
+}
+
+/// Where Debian installs the broker; `MOSQUITTO_BIN` overrides it.
+pub const MOSQUITTO_BIN: &str = "/usr/sbin/mosquitto";
+
+/// Mosquitto as the platform's broker, a child process on a free loopback port (killed when
+/// dropped). Its ACL and configuration are what `broker export-acl` prints for the broker's
+/// default rules and a configuration with the test PKI's files, plus two lines for the test:
+/// stay root (to read the temporary key files) and log everything to a file.
+pub struct MosquittoBroker {
+    pub mqtt_addr: SocketAddr,
+    /// The ACL file's text, as exported.
+    pub acl: String,
+    /// The exported `mosquitto.conf` (before the test's own lines).
+    pub conf: String,
+    pub log_path: PathBuf,
+    ca_pem: String,
+    ca_path: PathBuf,
+    child: tokio::process::Child,
+    _dir: TempDir,
+}
+
+impl MosquittoBroker {
+    /// Starts Mosquitto with the exported ACL and configuration; waits until it listens.
+    pub async fn start(pki: &TestPki) -> Result<MosquittoBroker> {
+        crate::init();
+        let binary =
+            PathBuf::from(std::env::var("MOSQUITTO_BIN").unwrap_or(MOSQUITTO_BIN.to_owned()));
+        ensure!(
+            binary.is_file(),
+            "Mosquitto not found at {} (scripts/setup installs it; MOSQUITTO_BIN overrides)",
+            binary.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("mosquitto-")
+            .tempdir()
+            .context("creating Mosquitto's directory")?;
+        let port = testkit::free_port().context("finding a free port for Mosquitto")?;
+        let mqtt_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut config = broker::Config::default();
+        config.mqtt.listen = mqtt_addr;
+        config.tls.server_cert = pki.server_cert_path().to_owned();
+        config.tls.server_key = pki.server_key_path().to_owned();
+        config.tls.client_ca = vec![pki.ca_path().to_owned()];
+        config.tls.crl = vec![pki.crl_path().to_owned()];
+        let acl = AclExport::new(&config.acl, DEFAULT_DEVICE_ROLE, &[])?.mosquitto_acl();
+        let files = MosquittoFiles {
+            acl_file: dir.path().join("taxi-fleet.acl"),
+            persistence_dir: dir.path().join("data/"),
+        };
+        std::fs::create_dir_all(&files.persistence_dir)
+            .with_context(|| format!("creating {}", files.persistence_dir.display()))?;
+        std::fs::write(&files.acl_file, &acl)
+            .with_context(|| format!("writing {}", files.acl_file.display()))?;
+        let conf = mosquitto_conf(&config, &files)?;
+        let conf_path = dir.path().join("mosquitto.conf");
+        let text =
+            format!("# The test's own lines.\nuser root\nlog_dest stderr\nlog_type all\n\n{conf}");
+        std::fs::write(&conf_path, text)
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+        let log_path = dir.path().join("mosquitto.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut broker = MosquittoBroker {
+            mqtt_addr,
+            acl,
+            conf,
+            log_path,
+            ca_pem: pki.ca_pem().to_owned(),
+            ca_path: pki.ca_path().to_owned(),
+            child,
+            _dir: dir,
+        };
+        broker.wait_listening().await?;
+        Ok(broker)
+    }
+
+    async fn wait_listening(&mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("Mosquitto exited with {status}; its log:\n{}", self.log());
+            }
+            if tokio::net::TcpStream::connect(self.mqtt_addr).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "Mosquitto does not listen on {} within {WAIT:?}; its log:\n{}",
+                    self.mqtt_addr,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl MqttBroker for MosquittoBroker {
+    fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    fn ca_path(&self) -> &Path {
+        &self.ca_path
     }
 }

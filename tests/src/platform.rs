@@ -23,7 +23,7 @@ use testkit::postgres::TestPostgres;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::Row;
 
-use crate::broker::TestBroker;
+use crate::broker::{MqttBroker, TestBroker};
 use crate::mqtt::{Event, MqttClient};
 use crate::pki::{ClientCert, TestPki};
 
@@ -81,10 +81,12 @@ pub fn multiset(items: impl IntoIterator<Item = Sent>) -> BTreeMap<Sent, usize> 
     counts
 }
 
-/// Broker, PostgreSQL and certificates shared by the taxis and bridges of one test.
-pub struct Platform {
+/// Broker, PostgreSQL and certificates shared by the taxis and bridges of one test. The
+/// broker is ours ([`TestBroker`]) unless the test runs the platform on another one (see
+/// [`crate::mosquitto::MosquittoBroker`]).
+pub struct Platform<B = TestBroker> {
     pub pki: TestPki,
-    pub broker: TestBroker,
+    pub broker: B,
     pub postgres: Arc<TestPostgres>,
     /// `CN=bridge, OU=bridge`: what every bridge presents.
     pub bridge_cert: ClientCert,
@@ -102,9 +104,11 @@ impl Platform {
         let broker = TestBroker::start(&pki).await?;
         Platform::with_broker(pki, broker).await
     }
+}
 
+impl<B: MqttBroker> Platform<B> {
     /// Like [`Platform::start`], around a broker the caller started with this PKI.
-    pub async fn with_broker(pki: TestPki, broker: TestBroker) -> Result<Platform> {
+    pub async fn with_broker(pki: TestPki, broker: B) -> Result<Platform<B>> {
         crate::init();
         let postgres = tokio::task::spawn_blocking(TestPostgres::start)
             .await
@@ -140,7 +144,7 @@ impl Platform {
             ..bridge::Config::default()
         };
         config.mqtt.host = "127.0.0.1".to_owned();
-        config.mqtt.port = self.broker.mqtt_addr.port();
+        config.mqtt.port = self.broker.mqtt_addr().port();
         config.mqtt.ca = self.pki.ca_path().to_owned();
         config.mqtt.cert = self.bridge_cert.cert_path.clone();
         config.mqtt.key = self.bridge_cert.key_path.clone();
