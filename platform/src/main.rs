@@ -51,6 +51,10 @@ struct Cli {
     /// Port of Prometheus (with `--monitoring`).
     #[arg(long, default_value_t = 9090)]
     monitoring_port: u16,
+    /// Development sign-in on the dashboard: its sign-in page also takes the development
+    /// token printed at start. Off unless given; never on a machine others can reach.
+    #[arg(long)]
+    dev_sign_in: bool,
 }
 
 const CERTS: &str = "certs/dev";
@@ -115,7 +119,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let analytics_config_for_guide = analytics_config.clone();
     let analytics = analytics::start(analytics_config).await?;
 
-    let reporting_config = reporting_config(&cli, &database_url, &analytics_config_for_guide)?;
+    let reporting_config = reporting_config(
+        &cli,
+        &database_url,
+        &analytics_config_for_guide,
+        bridge.dispatch_api,
+    )?;
     let reporting_scheme = if reporting_config.http.plain {
         "http"
     } else {
@@ -145,7 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     print_guide(&database_url, &broker, &bridge, &archive);
     print_analytics_guide(&analytics_config_for_guide, &analytics, &lake);
-    print_reporting_guide(&reporting, reporting_scheme);
+    print_reporting_guide(&reporting, reporting_scheme, cli.dev_sign_in);
     if let Some(monitoring) = &monitoring {
         print!("{}", monitoring::guide(monitoring));
     }
@@ -196,10 +205,14 @@ fn dev_pki(dir: &Path) -> anyhow::Result<()> {
 
 /// The reporting API on this platform: the same database, time zone and lake as analytics,
 /// the development certificate, and the development token (role admin).
+///
+/// Orders sent from the dashboard go to this platform's dispatch API with its development
+/// token; `--dev-sign-in` turns the dashboard's development sign-in on.
 fn reporting_config(
     cli: &Cli,
     database_url: &str,
     analytics: &analytics::Config,
+    dispatch_api: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<reporting::Config> {
     let mut defaults = reporting::Config::default();
     defaults.postgres.url = database_url.to_owned();
@@ -212,6 +225,11 @@ fn reporting_config(
         sha256: reporting::auth::tokens::token_sha256(DEV_REPORTING_TOKEN),
         role: "admin".to_owned(),
     }];
+    if let Some(api) = dispatch_api {
+        defaults.dispatch.url = Some(format!("http://{api}"));
+        defaults.dispatch.token = Some(DEV_API_TOKEN.to_owned());
+    }
+    defaults.dashboard.dev_sign_in = cli.dev_sign_in;
     Ok(reporting::Config::load_with_defaults(
         defaults,
         cli.reporting_config.as_deref(),
@@ -219,8 +237,14 @@ fn reporting_config(
 }
 
 /// How to read the reports.
-fn print_reporting_guide(reporting: &reporting::RunningReporting, scheme: &str) {
+fn print_reporting_guide(reporting: &reporting::RunningReporting, scheme: &str, dev_sign_in: bool) {
     let api = format!("{scheme}://localhost:{}", reporting.api_addr.port());
+    let sign_in = if dev_sign_in {
+        format!("development sign-in on: paste the token {DEV_REPORTING_TOKEN} on its sign-in page")
+    } else {
+        "sign in through [auth.oidc] (--reporting-config), or run with --dev-sign-in".to_owned()
+    };
+    println!("Dashboard {api}/dashboard/ (the development CA in {CERTS}/ca.pem; {sign_in})");
     println!(
         "Reporting API {api}/v1 (metrics http://{ops}/metrics; development token {DEV_REPORTING_TOKEN}, role admin):
   curl -s --cacert {CERTS}/ca.pem -H 'Authorization: Bearer {DEV_REPORTING_TOKEN}' {api}/v1/fleet
