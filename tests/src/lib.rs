@@ -5,7 +5,8 @@
 //! - [`pki`]: [`TestPki`], a CA, a server certificate, client certificates of every kind, CRLs.
 //! - [`broker`]: [`TestBroker`], the broker started in-process with short reload intervals.
 //! - [`mqtt`]: [`MqttClient`], rumqttc (MQTT 3.1.1 and 5) with its events on a channel.
-//! - [`mosquitto`]: the `mosquitto_sub` and `mosquitto_pub` command-line clients.
+//! - [`mosquitto`]: the `mosquitto_sub` and `mosquitto_pub` command-line clients, and
+//!   Mosquitto 2.0 as the platform's broker with the exported ACL and configuration.
 //! - [`raw`]: hand-written MQTT 3.1.1 packets over mutual TLS, for what clients refuse to send.
 //! - [`http`]: a tiny HTTP/1.1 GET and a Prometheus text parser.
 //! - [`platform`]: broker, PostgreSQL, taxis and bridges together, for end-to-end tests.
