@@ -417,6 +417,8 @@ pub struct Stage {
     pub provider: testkit::oidc::OidcProvider,
     /// `https://localhost:<port>/dashboard/`
     pub url: String,
+    /// The reporting API (its static tokens are [`crate::reporting`]'s).
+    pub api: crate::reporting::Api,
     pub taxis: Vec<simulator::taxi::SimulatedTaxi>,
 }
 
@@ -471,7 +473,7 @@ impl Stage {
         settings.dashboard.redirect = Some(redirect);
         settings.dispatch.url = Some(format!("http://{}", dispatch.addr));
         settings.dispatch.token = Some(crate::dispatch::TOKEN.to_owned());
-        crate::reporting::start_in_process(settings, &platform.pki).await?;
+        let api = crate::reporting::start_in_process(settings, &platform.pki).await?;
 
         seed(&platform, &dispatch).await?;
         let mut taxis = Vec::new();
@@ -484,6 +486,7 @@ impl Stage {
             dispatch,
             provider,
             url: format!("{base}/dashboard/"),
+            api,
             taxis,
         })
     }

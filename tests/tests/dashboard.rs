@@ -271,3 +271,166 @@ async fn a_dispatcher_signs_in_watches_the_fleet_pages_orders_and_sends_one() ->
     })
     .await
 }
+
+/// `POST path` with a JSON body (as given) and `token`: status and body.
+async fn post(
+    client: &reqwest::Client,
+    api: &tests::reporting::Api,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<(u16, Value)> {
+    let mut request = client
+        .post(format!("{}{path}", api.base))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_sent_with_orders_send_only_and_the_live_stream_needs_the_fleet_permission(
+) -> Result<()> {
+    use tests::reporting::{ANALYST, DISPATCHER, VIEWER};
+    bounded(LIMIT, async {
+        let stage = Stage::start().await?;
+        let client = tests::reporting::https_client(&stage.platform.pki)?;
+        let api = &stage.api;
+        let order = r#"{"taxi_id": "cab-inbox", "kind": "order", "text": "To the airport"}"#;
+
+        assert_eq!(post(&client, api, "/v1/orders", None, order).await?.0, 401);
+        for token in [VIEWER, ANALYST] {
+            let (status, body) = post(&client, api, "/v1/orders", Some(token), order).await?;
+            ensure!(status == 403, "{status} {body}");
+            ensure!(
+                body["error"].as_str().unwrap_or("").contains("orders.send"),
+                "{body}"
+            );
+        }
+        let (status, _) = post(&client, api, "/v1/orders", Some(DISPATCHER), "not json").await?;
+        ensure!(status == 400, "{status}");
+        // The dispatch API's own refusal comes back as it is, naming the field.
+        let (status, body) = post(
+            &client,
+            api,
+            "/v1/orders",
+            Some(DISPATCHER),
+            r#"{"taxi_id": "cab-inbox", "kind": "order"}"#,
+        )
+        .await?;
+        ensure!(status == 422 && body["field"] == "text", "{status} {body}");
+
+        let (status, sent) = post(&client, api, "/v1/orders", Some(DISPATCHER), order).await?;
+        ensure!(status == 201, "{status} {sent}");
+        let id = sent["order_id"].as_str().context("no order_id")?.to_owned();
+        let shown = stage
+            .api
+            .get(&format!("/v1/orders/{id}"), Some(ANALYST))
+            .await?;
+        ensure!(shown.status == 200, "{shown:?}");
+        let shown = shown.json()?;
+        ensure!(
+            shown["taxi_id"] == "cab-inbox" && shown["text"] == "To the airport",
+            "{shown}"
+        );
+        ensure!(
+            shown["history"][0]["state"] == "queued",
+            "the history starts queued: {shown}"
+        );
+        let viewer = stage
+            .api
+            .get(&format!("/v1/orders/{id}"), Some(VIEWER))
+            .await?;
+        ensure!(viewer.status == 403, "{viewer:?}");
+        let missing = stage
+            .api
+            .get("/v1/orders/no-such-order", Some(ANALYST))
+            .await?;
+        ensure!(missing.status == 404, "{missing:?}");
+
+        // The live stream: 401 without a token, a snapshot first with one.
+        let live = format!("{}/v1/live", api.base);
+        let anonymous = client.get(&live).send().await?;
+        ensure!(anonymous.status() == 401, "{}", anonymous.status());
+        let mut stream = client.get(&live).bearer_auth(VIEWER).send().await?;
+        ensure!(stream.status() == 200, "{}", stream.status());
+        ensure!(
+            stream
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream")),
+            "{:?}",
+            stream.headers()
+        );
+        let mut text = String::new();
+        let deadline = Instant::now() + STEP;
+        while !(text.contains("event: positions") && text.contains("cab-1")) {
+            ensure!(Instant::now() < deadline, "no positions pushed: {text}");
+            let chunk = tokio::time::timeout(STEP, stream.chunk())
+                .await
+                .context("the live stream went quiet")??
+                .context("the live stream ended")?;
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        ensure!(text.starts_with("event: snapshot"), "{text}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_sign_in_is_off_unless_configured() -> Result<()> {
+    use tests::reporting::{config, start_in_process, Database, ADMIN};
+    bounded(LIMIT, async {
+        tests::init();
+        let database = Database::start().await?;
+        let pki = tests::TestPki::new()?;
+        let plain = start_in_process(config(&database.url(), &pki), &pki).await?;
+        let mut settings = config(&database.url(), &pki);
+        settings.dashboard.dev_sign_in = true;
+        let dev = start_in_process(settings, &pki).await?;
+        let browser = Arc::new(Browser::launch(&artifacts_dir().join("chromium-dev.log")).await?);
+        let page = browser.new_page().await?;
+
+        // By default: no single sign-on configured, and no token field either.
+        page.goto(&format!("{}/dashboard/", plain.base)).await?;
+        page.wait_for(
+            "the sign-in section",
+            "window.dashboard && window.dashboard.settings && !document.querySelector('#signin').hidden",
+            STEP,
+        )
+        .await?;
+        ensure!(page.eval("document.querySelector('#dev-signin').hidden").await? == true);
+        ensure!(page.eval("document.querySelector('#signin-button').hidden").await? == true);
+        let message = page.eval("document.querySelector('#signin-message').textContent").await?;
+        ensure!(message.as_str().unwrap_or("").contains("not configured"), "{message}");
+
+        // Asked for: the token field, and a static token signs in.
+        page.goto(&format!("{}/dashboard/", dev.base)).await?;
+        page.wait_for(
+            "the development sign-in",
+            "!document.querySelector('#dev-signin').hidden",
+            STEP,
+        )
+        .await?;
+        page.fill("#dev-token", ADMIN).await?;
+        page.eval("document.querySelector('#dev-signin').requestSubmit()").await?;
+        page.wait_for(
+            "signed in with the token",
+            "window.dashboard && window.dashboard.signedIn === true",
+            STEP,
+        )
+        .await?;
+        ensure!(page.eval("window.dashboard.me.roles").await? == serde_json::json!(["admin"]));
+        ensure!(page.eval("document.querySelector('#order-form').hidden").await? == false);
+        page.screenshot("7-development-sign-in").await?;
+        Ok(())
+    })
+    .await
+}
