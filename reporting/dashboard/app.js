@@ -276,15 +276,18 @@
   }
 
   const seconds = (iso) => Date.parse(iso) / 1000;
+  // Counts start at zero, so that bars and lines compare by their height.
+  const fromZero = { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] };
 
   async function refreshWindows() {
     const from = new Date(Date.now() - WINDOW_MINUTES * 60000).toISOString();
     const page = await api(`/v1/windows?zone=fleet&from=${encodeURIComponent(from)}&limit=1000`);
     const rows = page.items;
     setChart('windows', $('#window-chart'), {
+      scales: { y: fromZero },
       series: [
         {},
-        { label: 'positions', stroke: '#1f6feb', width: 2, points: { show: true } },
+        { label: 'positions', stroke: '#1f6feb', width: 2 },
         { label: 'taxis', stroke: '#1a7f37', width: 2 },
         { label: 'avg km/h', stroke: '#bc4c00', width: 1, scale: 'kmh' },
       ],
@@ -309,6 +312,7 @@
     const rows = page.items;
     const days = rows.map((r) => seconds(`${r.day}T12:00:00Z`));
     setChart('daily', $('#daily-chart'), {
+      scales: { y: fromZero, money: fromZero },
       series: [
         {},
         { label: 'trips', stroke: '#1f6feb', fill: 'rgba(31,111,235,0.3)', paths: window.uPlot.paths.bars({ size: [0.6, 40] }) },
@@ -319,6 +323,7 @@
       }],
     }, [days, rows.map((r) => r.trips), rows.map((r) => r.revenue_cents)]);
     setChart('cumulative', $('#cumulative-chart'), {
+      scales: { y: fromZero },
       series: [{}, { label: 'cumulative trips', stroke: '#8250df', width: 2, points: { show: true } }],
     }, [days, rows.map((r) => r.cumulative_trips)]);
   }
