@@ -139,6 +139,7 @@ const AGGREGATE_SQL: &str = r#"
 import json, sys, time, duckdb
 lake, day = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 def table(name):
     return f"read_parquet('{lake}/{name}/*/*.parquet', hive_partitioning=true)"
 runs = []

@@ -46,6 +46,7 @@ pub fn run(script: &str, args: &[&Path]) -> Result<(Finished, serde_json::Value)
 pub const CSV_TO_PARQUET: &str = r#"
 import json, sys, time, duckdb
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 started = time.perf_counter()
 con.execute(f"COPY (SELECT * FROM read_csv('{sys.argv[1]}', header=true)) TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)")
 seconds = time.perf_counter() - started
