@@ -168,3 +168,52 @@ fn certs(dir: PathBuf, command: CertsCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn export_acl_takes_service_users_and_a_format() {
+        let cli = Cli::try_parse_from([
+            "broker",
+            "export-acl",
+            "--format",
+            "mosquitto-conf",
+            "--user",
+            "bridge-eu=bridge",
+            "--user",
+            "ops=operator",
+            "--acl-file",
+            "/etc/x.acl",
+        ])
+        .expect("parses");
+        let Command::ExportAcl {
+            format,
+            users,
+            device_role,
+            acl_file,
+            ..
+        } = cli.command
+        else {
+            panic!("not export-acl");
+        };
+        assert!(matches!(format, ExportFormat::MosquittoConf));
+        assert_eq!(device_role, "taxi");
+        assert_eq!(acl_file, PathBuf::from("/etc/x.acl"));
+        assert_eq!(
+            users
+                .iter()
+                .map(|u| (u.name.as_str(), u.role.as_str()))
+                .collect::<Vec<_>>(),
+            [("bridge-eu", "bridge"), ("ops", "operator")]
+        );
+        assert!(Cli::try_parse_from(["broker", "export-acl", "--user", "bridge"]).is_err());
+    }
+}
