@@ -13,7 +13,7 @@
 //! - So one role, the *device role* (`taxi`: thousands of identities no file can list),
 //!   becomes `pattern` lines, which Mosquitto applies to every client. Every other role is
 //!   written as `user <cn>` blocks, one per service identity: by default one per role, named
-//!   like the role (`bridge`, `backoffice`, ...: what `broker certs init` issues), or the
+//!   like the role (`bridge`, `backoffice`, ...: as in the development PKI), or the
 //!   identities given with `--user <cn>=<role>`. A service identity also gets the device
 //!   role's patterns with its own CN (`taxi/bridge/position`): harmless as long as no taxi
 //!   certificate carries a service's CN.
