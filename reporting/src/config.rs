@@ -183,7 +183,14 @@ pub fn default_roles() -> BTreeMap<String, Vec<String>> {
         ("viewer".to_owned(), role(&["fleet", "reports"])),
         (
             "analyst".to_owned(),
-            role(&["fleet", "reports", "trips", "invoices", "orders", "files.read"]),
+            role(&[
+                "fleet",
+                "reports",
+                "trips",
+                "invoices",
+                "orders",
+                "files.read",
+            ]),
         ),
         (
             "data-engineer".to_owned(),

@@ -19,6 +19,8 @@
 //! - [`conformance`]: the Eclipse paho interoperability suite through an mTLS shim.
 //! - [`dashboard`]: headless Chromium over the DevTools protocol, and the platform the
 //!   reporting dashboard shows (taxis moving, figures, orders, the provider's sign-in page).
+//! - [`files`]: the reporting service's file API with its lake in the embedded S3 server,
+//!   and requests written by hand over TLS.
 //! - [`monitoring`]: the files of `monitoring/`, `promtool`, and a real Prometheus over HTTPS.
 //!
 //! Every wait is bounded: [`WAIT`] for things that must happen.
@@ -30,6 +32,7 @@ pub mod broker;
 pub mod conformance;
 pub mod dashboard;
 pub mod dispatch;
+pub mod files;
 pub mod http;
 pub mod monitoring;
 pub mod mosquitto;

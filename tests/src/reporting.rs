@@ -310,6 +310,13 @@ impl ReportingProcess {
         })
     }
 
+    /// What the process has logged so far.
+    pub fn log(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(
+            self._dir.path().join("reporting.log"),
+        )?)
+    }
+
     /// The process's peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> Result<u64> {
         let pid = self.child.id().context("the process has exited")?;

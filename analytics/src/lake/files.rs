@@ -244,7 +244,10 @@ mod tests {
             "files/rejected/reasons/a/b.json.json"
         );
         assert_eq!(layout.staging("x1").as_ref(), "files/staging/x1");
-        assert_eq!(layout.data(["süd", "a b.csv"]).as_ref(), "files/data/süd/a b.csv");
+        assert_eq!(
+            layout.data(["süd", "a b.csv"]).as_ref(),
+            "files/data/süd/a b.csv"
+        );
         assert_eq!(Layout::table_name("events", Format::Csv), "events_csv");
     }
 }

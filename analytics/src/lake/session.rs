@@ -30,9 +30,15 @@ pub(crate) async fn session(store: &Store) -> anyhow::Result<SessionContext> {
 /// reader that knows what it reads.
 pub(crate) async fn session_of(store: &Store, datasets: &[&str]) -> anyhow::Result<SessionContext> {
     store.ensure_bucket().await?;
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema("lake", "public");
+    // A file table reads its directory at any depth (`files/data/<dir>/2026/03/x.csv`);
+    // the datasets' `dt=` partitions are read the same either way.
+    config
+        .options_mut()
+        .execution
+        .listing_table_ignore_subdirectory = false;
     let ctx = SessionContext::new_with_config(config);
     let bucket_url = ObjectStoreUrl::parse(store.bucket_url())
         .with_context(|| format!("lake: {} is not a valid store URL", store.bucket_url()))?;

@@ -179,7 +179,11 @@ pub(crate) fn encode_cursor(
     Ok(URL_SAFE_NO_PAD.encode(json.to_string()))
 }
 
-pub(crate) fn decode_cursor(cursor: &str, fingerprint: &str, parts: usize) -> Result<Vec<String>, ApiError> {
+pub(crate) fn decode_cursor(
+    cursor: &str,
+    fingerprint: &str,
+    parts: usize,
+) -> Result<Vec<String>, ApiError> {
     let bad = || ApiError::bad("cursor", "not a cursor this API gave out");
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;

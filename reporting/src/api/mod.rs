@@ -118,7 +118,11 @@ async fn count(request: Request, next: Next) -> Response {
 }
 
 /// Authenticates the caller (401 otherwise) and hands the principal to the handler.
-pub(crate) async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)

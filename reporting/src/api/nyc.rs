@@ -124,7 +124,8 @@ pub async fn trips(
             ScalarValue::Int64(Some(line)),
         ]);
     }
-    sql.push_str(" ORDER BY trips_nyc.pickup_at, source_file, line");
+    // The formatted instant (fixed width, UTC) sorts as the instant does.
+    sql.push_str(" ORDER BY pickup_at, source_file, line");
     if let Some(limit) = limit {
         sql.push_str(&format!(" LIMIT {}", u64::from(limit) + 1));
     }
@@ -136,7 +137,11 @@ pub async fn trips(
     let frame = ctx
         .sql(&sql)
         .await
-        .and_then(|f| f.with_param_values(ParamValues::List(values.into_iter().map(Into::into).collect())))
+        .and_then(|f| {
+            f.with_param_values(ParamValues::List(
+                values.into_iter().map(Into::into).collect(),
+            ))
+        })
         .map_err(lake_error)?;
     let Some(limit) = limit else {
         return csv_answer(&state, &principal, frame).await;

@@ -82,13 +82,22 @@ enum State {
     /// After a value: `,`, a closing bracket, or the end.
     AfterValue,
     /// Inside a string (a key when `key`).
-    Str { key: bool },
+    Str {
+        key: bool,
+    },
     /// After `\` in a string.
-    Escape { key: bool },
+    Escape {
+        key: bool,
+    },
     /// `\u` and this many hex digits still to come.
-    Unicode { key: bool, left: u8 },
+    Unicode {
+        key: bool,
+        left: u8,
+    },
     /// A literal (`true`, `false`, `null`): the bytes still expected.
-    Literal { rest: &'static [u8] },
+    Literal {
+        rest: &'static [u8],
+    },
     Number(Number),
     /// The document has ended (only whitespace may follow).
     Done,
@@ -194,7 +203,10 @@ impl Checker {
         match self.state {
             State::Str { key } => return self.string_byte(b, key),
             State::Escape { key } => {
-                if !matches!(b, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u') {
+                if !matches!(
+                    b,
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u'
+                ) {
                     return Err(self.error(format!("invalid escape \\{}", printable(b))));
                 }
                 self.emit(b);
@@ -213,7 +225,10 @@ impl Checker {
                 self.state = if left == 1 {
                     State::Str { key }
                 } else {
-                    State::Unicode { key, left: left - 1 }
+                    State::Unicode {
+                        key,
+                        left: left - 1,
+                    }
                 };
                 return Ok(());
             }
@@ -267,7 +282,10 @@ impl Checker {
             }
             State::Colon => {
                 if b != b':' {
-                    return Err(self.error(format!("expected ':' after the key, found {}", printable(b))));
+                    return Err(self.error(format!(
+                        "expected ':' after the key, found {}",
+                        printable(b)
+                    )));
                 }
                 self.emit(b);
                 self.state = State::Value;
@@ -324,16 +342,20 @@ impl Checker {
         match b {
             b'"' => {
                 self.emit(b);
-                self.state = if key { State::Colon } else { self.value_ended() };
+                self.state = if key {
+                    State::Colon
+                } else {
+                    self.value_ended()
+                };
             }
             b'\\' => {
                 self.emit(b);
                 self.state = State::Escape { key };
             }
             0x00..=0x1F => {
-                return Err(self.error(
-                    "control character in a string (a line break must be written \\n)",
-                ))
+                return Err(
+                    self.error("control character in a string (a line break must be written \\n)")
+                )
             }
             0x20..=0x7F => self.emit(b),
             0xC2..=0xDF => self.utf8(b, 1, (0x80, 0xBF)),

@@ -76,7 +76,14 @@ async fn handle(
     let method = request.method().clone();
     match method {
         Method::GET | Method::HEAD => {
-            read::read(&state, &principal, &raw, request.headers(), method == Method::HEAD).await
+            read::read(
+                &state,
+                &principal,
+                &raw,
+                request.headers(),
+                method == Method::HEAD,
+            )
+            .await
         }
         Method::PUT | Method::POST => write::write(&state, &principal, &raw, request).await,
         Method::DELETE => write::delete(&state, &principal, &raw).await,

@@ -201,10 +201,7 @@ mod tests {
             assert_eq!(parse(raw, false).as_ref(), Err(expected), "{raw}");
         }
         let long = "x".repeat(MAX_SEGMENT + 1);
-        assert_eq!(
-            parse(&long, false),
-            Err(SegmentTooLong(MAX_SEGMENT + 1))
-        );
+        assert_eq!(parse(&long, false), Err(SegmentTooLong(MAX_SEGMENT + 1)));
         assert!(parse(&"x".repeat(MAX_SEGMENT), false).is_ok());
         let deep = vec!["y".repeat(200); 6].join("/");
         assert_eq!(parse(&deep, false), Err(PathTooLong(1205)));

@@ -131,6 +131,11 @@ async fn answer(
         return Err(ApiError::forbidden(Permission::FilesRead));
     }
     let path = paths::parse(raw, true).map_err(bad_path)?;
+    state
+        .lake
+        .ensure_bucket()
+        .await
+        .map_err(|e| ApiError::internal(e.context("the file store")))?;
     if path.directory {
         return list(state, &path).await;
     }

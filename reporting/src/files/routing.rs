@@ -110,16 +110,28 @@ mod tests {
     fn content_type_and_extension_decide() {
         let at = |p: &str, c: Option<&str>| route(&parse(p, false).unwrap(), c);
         assert_eq!(at("a/x.json", None), Route::Json(Shape::Document));
-        assert_eq!(at("a/x.ndjson", Some("application/json")), Route::Json(Shape::Lines));
+        assert_eq!(
+            at("a/x.ndjson", Some("application/json")),
+            Route::Json(Shape::Lines)
+        );
         assert_eq!(
             at("a/x", Some("application/json; charset=utf-8")),
             Route::Json(Shape::Document)
         );
-        assert_eq!(at("a/x", Some("application/geo+json")), Route::Json(Shape::Document));
-        assert_eq!(at("a/x.log", Some("application/x-ndjson")), Route::Json(Shape::Lines));
+        assert_eq!(
+            at("a/x", Some("application/geo+json")),
+            Route::Json(Shape::Document)
+        );
+        assert_eq!(
+            at("a/x.log", Some("application/x-ndjson")),
+            Route::Json(Shape::Lines)
+        );
         assert_eq!(at("a/x.CSV", Some("text/plain")), Route::Csv);
         assert_eq!(at("a/x.parquet", None), Route::Parquet);
-        assert_eq!(at("a/x.bin", Some("application/octet-stream")), Route::Other);
+        assert_eq!(
+            at("a/x.bin", Some("application/octet-stream")),
+            Route::Other
+        );
         assert_eq!(at("a/.json", None), Route::Other);
     }
 }

@@ -31,7 +31,12 @@ use crate::api::AppState;
 use crate::auth::{Permission, Principal};
 
 /// `PUT`/`POST` of `raw` (the path after `/filesystem/`), logged and counted.
-pub async fn write(state: &AppState, principal: &Principal, raw: &str, request: Request) -> Response {
+pub async fn write(
+    state: &AppState,
+    principal: &Principal,
+    raw: &str,
+    request: Request,
+) -> Response {
     let (response, bytes) = match upload(state, principal, raw, request).await {
         Ok(answer) => answer,
         Err(e) => (e.into_response(), 0),
@@ -93,7 +98,9 @@ fn file_path(raw: &str) -> Result<FilePath, ApiError> {
 fn too_large(limit: u64) -> ApiError {
     ApiError {
         status: StatusCode::PAYLOAD_TOO_LARGE,
-        message: format!("the body is larger than the limit of {limit} bytes (files.max_body_bytes)"),
+        message: format!(
+            "the body is larger than the limit of {limit} bytes (files.max_body_bytes)"
+        ),
         parameter: None,
     }
 }
@@ -143,7 +150,8 @@ async fn upload(
 
     let (etag, bytes, rows) = match route {
         Route::Json(shape) => {
-            let staging = ObjectSink::new(objects.clone(), layout.staging(&staging_id()), threshold);
+            let staging =
+                ObjectSink::new(objects.clone(), layout.staging(&staging_id()), threshold);
             let rows_sink = rows_key
                 .clone()
                 .map(|k| ObjectSink::new(objects.clone(), k, threshold));
@@ -160,7 +168,9 @@ async fn upload(
                     if job.staging.written() + chunk.len() as u64 > limit {
                         return Err(too_large(limit));
                     }
-                    job.chunk(chunk).await.map_err(|e| store_error(&path.to_string(), e))?;
+                    job.chunk(chunk)
+                        .await
+                        .map_err(|e| store_error(&path.to_string(), e))?;
                 }
                 Ok(())
             }
@@ -170,7 +180,11 @@ async fn upload(
                 return Err(e);
             }
             let bytes = job.staging.written();
-            match job.end().await.map_err(|e| store_error(&path.to_string(), e))? {
+            match job
+                .end()
+                .await
+                .map_err(|e| store_error(&path.to_string(), e))?
+            {
                 Ok((staged, rows)) => {
                     let etag = place(&*objects, &staged, &key)
                         .await
@@ -360,7 +374,10 @@ async fn reject(
     });
     if let Some(reason_key) = layout.reason(&parts) {
         objects
-            .put(&reason_key, PutPayload::from(reason.to_string().into_bytes()))
+            .put(
+                &reason_key,
+                PutPayload::from(reason.to_string().into_bytes()),
+            )
             .await
             .map_err(failed)?;
     }
