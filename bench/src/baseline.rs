@@ -1,6 +1,7 @@
 //! The baseline: Mosquitto started as a child process and configured like our broker: one
 //! mTLS listener on loopback with the same CA, server certificate and CRL, the identity taken
-//! from the client certificate's CN, and the same per-taxi topic rules.
+//! from the client certificate's CN, and the same topic rules (the broker's default rules as
+//! `broker export-acl` writes them).
 
 use std::path::Path;
 use std::process::Command;
@@ -13,27 +14,6 @@ use simulator::pki::BenchPki;
 
 /// Where Debian installs the broker.
 pub const DEFAULT_BINARY: &str = "/usr/sbin/mosquitto";
-
-/// The ACL equivalent to the broker's default rules for taxis, operators and the backoffice: `%u` is the
-/// user name, which is the certificate's CN (`use_identity_as_username`).
-const ACL: &str = "\
-# A taxi publishes on its own topics and reads its own inbox.
-pattern write taxi/%u/position
-pattern write taxi/%u/tour
-pattern write taxi/%u/ack
-pattern write taxi/%u/status
-pattern read taxi/%u/inbox
-
-# The operator reads everything under taxi/.
-user operator
-topic read taxi/#
-
-# The backoffice writes to every taxi's inbox and reads the answers and states.
-user backoffice
-topic write taxi/+/inbox
-topic read taxi/+/ack
-topic read taxi/+/status
-";
 
 /// Checks that Mosquitto is installed before anything is started.
 pub fn check_binary(path: &Path) -> Result<()> {
@@ -51,7 +31,11 @@ pub fn check_binary(path: &Path) -> Result<()> {
 pub async fn start(binary: &Path, pki: &BenchPki, run: usize) -> Result<BrokerProcess> {
     let addr = free_loopback_addr()?;
     let acl_path = pki.dir().join("mosquitto.acl");
-    std::fs::write(&acl_path, ACL).with_context(|| format!("writing {}", acl_path.display()))?;
+    let rules = broker::acl::default_rules();
+    let acl =
+        broker::acl_export::AclExport::new(&rules, broker::acl_export::DEFAULT_DEVICE_ROLE, &[])?
+            .mosquitto_acl();
+    std::fs::write(&acl_path, acl).with_context(|| format!("writing {}", acl_path.display()))?;
     let config = config_text(pki, addr.port(), &acl_path);
     let config_path = pki.dir().join("mosquitto.conf");
     std::fs::write(&config_path, config)
