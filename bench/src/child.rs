@@ -18,10 +18,24 @@ pub struct Finished {
 
 /// Runs `command` to its end (stdout captured, stderr inherited) and measures it. A non-zero
 /// exit is an error naming the program.
-pub fn run(mut command: Command) -> Result<Finished> {
+pub fn run(command: Command) -> Result<Finished> {
+    run_with(command, true)
+}
+
+/// Like [`run`], with the child's standard output thrown away (a large output is part of
+/// what is measured, not kept).
+pub fn run_discarding_output(command: Command) -> Result<Finished> {
+    run_with(command, false)
+}
+
+fn run_with(mut command: Command, capture: bool) -> Result<Finished> {
     let program = format!("{:?}", command.get_program());
     let stdout_file = tempfile::tempfile().context("creating a file for the child's output")?;
-    command.stdout(stdout_file.try_clone().context("sharing the output file")?);
+    if capture {
+        command.stdout(stdout_file.try_clone().context("sharing the output file")?);
+    } else {
+        command.stdout(std::process::Stdio::null());
+    }
     let started = Instant::now();
     let child = command
         .spawn()

@@ -11,6 +11,8 @@
 //!   through the dispatch API, against Mosquitto.
 //! - `bench analytics` ([`analytics`]): import and daily aggregation against DuckDB on the
 //!   same files, the speed layer's window delay under load.
+//! - `bench reporting` ([`reporting`]): the reporting API's reports against pgbench on the
+//!   same SQL, its CSV export against `psql \copy`, its file API against `aws s3 cp`.
 //!
 //! Shared parts: [`target`] and [`baseline`] (the two brokers as child processes, through
 //! [`process`]), [`load`] (publishers and subscribers), [`connections`] (handshake and idle
@@ -29,4 +31,5 @@ pub mod load;
 pub mod process;
 pub mod raw;
 pub mod report;
+pub mod reporting;
 pub mod target;

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 use bench::brokers::{BenchArgs, Phase, System};
 use bench::dispatch::{DispatchArgs, DispatchPhase};
 use bench::ingest::{IngestArgs, IngestPhase};
-use bench::{analytics, baseline, brokers, dispatch, ingest, target};
+use bench::{analytics, baseline, brokers, dispatch, ingest, reporting, target};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of the platform, each against a baseline measured in the same run")]
@@ -183,6 +183,34 @@ enum Command {
         #[command(flatten)]
         broker: OurBroker,
     },
+    /// Measures the reporting API (its own process, over HTTPS): the daily report cached and
+    /// uncached and the live fleet against pgbench on the same SQL, a CSV export against
+    /// `psql \copy`, and the file API against `aws s3 cp`.
+    Reporting {
+        /// Parts to run, in this order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "daily,fleet,csv,files"
+        )]
+        phases: Vec<reporting::Phase>,
+        /// Concurrent clients (and pgbench clients).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Measured seconds of each request phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Taxis of the live fleet.
+        #[arg(long, default_value_t = 1_000)]
+        taxis: u64,
+        /// Positions of the exported route.
+        #[arg(long, default_value_t = 1_000_000)]
+        positions: u64,
+        /// Size of the file API's file, MiB.
+        #[arg(long, default_value_t = 1_024)]
+        file_mib: u64,
+    },
 }
 
 /// `--broker-bin`, of the benchmarks that start our broker.
@@ -347,6 +375,24 @@ fn main() -> ExitCode {
                         seconds,
                         lateness_ms,
                         broker_bin: broker.binary()?,
+                    })
+                    .await
+                }
+                Command::Reporting {
+                    phases,
+                    clients,
+                    seconds,
+                    taxis,
+                    positions,
+                    file_mib,
+                } => {
+                    reporting::run(reporting::Args {
+                        phases,
+                        clients,
+                        seconds,
+                        taxis,
+                        positions,
+                        file_mib,
                     })
                     .await
                 }

@@ -343,8 +343,8 @@ impl Drop for TestPostgres {
     }
 }
 
-/// The directory of `initdb`, `pg_ctl` and `postgres`.
-fn bindir() -> anyhow::Result<PathBuf> {
+/// The directory of `initdb`, `pg_ctl`, `postgres` and the other server programs (`pgbench`).
+pub fn bindir() -> anyhow::Result<PathBuf> {
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
         if output.status.success() {
             let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
