@@ -284,16 +284,17 @@ impl RawAnswer {
 
 /// The lake configuration of the tests: the embedded server, quick retries.
 pub fn lake(s3: &bridge::archive::EmbeddedS3) -> analytics::lake::LakeConfig {
-    let mut lake = analytics::lake::LakeConfig::default();
-    lake.endpoint = s3.endpoint.clone();
-    lake.access_key_id = s3.access_key_id.clone();
-    lake.secret_access_key = s3.secret_access_key.clone();
-    lake.publish_attempts = 3;
-    lake.min_backoff_ms = 50;
-    lake.max_backoff_ms = 200;
-    lake.connect_timeout_ms = 1_000;
-    lake.request_timeout_ms = 30_000;
-    lake
+    analytics::lake::LakeConfig {
+        endpoint: s3.endpoint.clone(),
+        access_key_id: s3.access_key_id.clone(),
+        secret_access_key: s3.secret_access_key.clone(),
+        publish_attempts: 3,
+        min_backoff_ms: 50,
+        max_backoff_ms: 200,
+        connect_timeout_ms: 1_000,
+        request_timeout_ms: 30_000,
+        ..analytics::lake::LakeConfig::default()
+    }
 }
 
 /// `n` bytes of a fixed pseudo-random pattern (so that a shifted or repeated part shows).

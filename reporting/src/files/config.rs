@@ -62,26 +62,32 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_name_their_key() {
         FilesConfig::default().validate().unwrap();
-        let mut c = FilesConfig::default();
-        c.multipart_threshold_bytes = 1024;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("files.multipart_threshold_bytes:"));
-        let mut c = FilesConfig::default();
-        c.max_body_bytes = 0;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("files.max_body_bytes:"));
-        let mut c = FilesConfig::default();
-        c.max_body_bytes = 100_000 * c.multipart_threshold_bytes;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("files.max_body_bytes:"));
+        let cases = [
+            (
+                FilesConfig {
+                    multipart_threshold_bytes: 1024,
+                    ..FilesConfig::default()
+                },
+                "files.multipart_threshold_bytes:",
+            ),
+            (
+                FilesConfig {
+                    max_body_bytes: 0,
+                    ..FilesConfig::default()
+                },
+                "files.max_body_bytes:",
+            ),
+            (
+                FilesConfig {
+                    max_body_bytes: 100_000 * 8 * MIB,
+                    ..FilesConfig::default()
+                },
+                "files.max_body_bytes:",
+            ),
+        ];
+        for (config, key) in cases {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.starts_with(key), "{key} {error}");
+        }
     }
 }

@@ -229,7 +229,7 @@ async fn body(
         let result = objects
             .get_opts(key, options)
             .await
-            .map_err(|e| store_error(&key.to_string(), e))?;
+            .map_err(|e| store_error(key.as_ref(), e))?;
         let stream = result.into_stream().map(|chunk| {
             chunk.map_err(|e| {
                 tracing::warn!(error = %e, "file download stopped");
