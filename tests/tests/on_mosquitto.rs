@@ -301,83 +301,89 @@ async fn mosquitto_enforces_the_exported_acl() -> Result<()> {
 }
 
 async fn acl_is_enforced(pki: &TestPki, broker: &MosquittoBroker) -> Result<()> {
-    {
-        let taxi1_cert = pki.client("taxi-1", "taxi")?;
-        let taxi2_cert = pki.client("taxi-2", "taxi")?;
-        let operator_cert = pki.client("operator", "operator")?;
-        let bridge_cert = pki.client("bridge", "bridge")?;
+    let taxi1_cert = pki.client("taxi-1", "taxi")?;
+    let taxi2_cert = pki.client("taxi-2", "taxi")?;
+    let operator_cert = pki.client("operator", "operator")?;
+    let bridge_cert = pki.client("bridge", "bridge")?;
 
-        // Publishing as another taxi: the operator (who reads taxi/#) sees only the real one.
-        let mut operator = broker.client(&operator_cert).connect().await?;
-        let codes = operator
-            .subscribe_and_wait(&[("taxi/+/position", 1)])
-            .await?;
-        assert_eq!(codes, [1]);
-        let mut taxi1 = broker.client(&taxi1_cert).connect().await?;
-        taxi1
-            .publish_acked("taxi/taxi-2/position", false, &position_json(1))
-            .await?;
-        let forged = before_marker(
-            &mut taxi1,
-            &mut operator,
-            "taxi/taxi-1/position",
-            &position_json(2),
-        )
+    // Publishing as another taxi: the operator (who reads taxi/#) sees only the real one.
+    let mut operator = broker.client(&operator_cert).connect().await?;
+    let codes = operator
+        .subscribe_and_wait(&[("taxi/+/position", 1)])
         .await?;
-        assert_eq!(forged, [], "a taxi published as another taxi");
+    assert_eq!(codes, [1]);
+    let mut taxi1 = broker.client(&taxi1_cert).connect().await?;
+    let codes = taxi1
+        .subscribe_and_wait(&[("taxi/taxi-1/inbox", 1)])
+        .await?;
+    assert_eq!(codes, [1]);
+    taxi1
+        .publish_acked("taxi/taxi-2/position", false, &position_json(1))
+        .await?;
+    let forged = before_marker(
+        &mut taxi1,
+        &mut operator,
+        "taxi/taxi-1/position",
+        &position_json(2),
+    )
+    .await?;
+    assert_eq!(forged, [], "a taxi published as another taxi");
 
-        // Reading other inboxes: taxi-2 subscribes to taxi-1's and to all of them, and gets
-        // only its own.
-        let mut taxi2 = broker.client(&taxi2_cert).connect().await?;
-        taxi2
-            .subscribe_and_wait(&[
-                ("taxi/taxi-1/inbox", 1),
-                ("taxi/+/inbox", 1),
-                ("taxi/taxi-2/inbox", 1),
-            ])
-            .await?;
-        let mut bridge = broker.client(&bridge_cert).connect().await?;
-        bridge
-            .publish_acked("taxi/taxi-1/inbox", false, &inbox_json("o-1", "for taxi-1"))
-            .await?;
-        // A taxi cannot write to an inbox, its own or another's.
-        taxi1
-            .publish_acked("taxi/taxi-2/inbox", false, &inbox_json("o-2", "forged"))
-            .await?;
-        let marker = inbox_json("o-3", "for taxi-2");
-        let leaked = before_marker(&mut bridge, &mut taxi2, "taxi/taxi-2/inbox", &marker).await?;
-        assert_eq!(leaked, [], "taxi-2 read what was not for it");
-        // Nothing else arrived afterwards either (one copy of the marker, from any filter,
-        // at most once per matching subscription is Mosquitto's choice).
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let extra: Vec<_> = taxi2
-            .messages()
-            .into_iter()
-            .filter(|m| m.payload != marker)
-            .collect();
-        assert_eq!(extra, [], "taxi-2 got more");
+    // Reading other inboxes: taxi-2 subscribes to taxi-1's and to all of them, and gets
+    // only its own.
+    let mut taxi2 = broker.client(&taxi2_cert).connect().await?;
+    taxi2
+        .subscribe_and_wait(&[
+            ("taxi/taxi-1/inbox", 1),
+            ("taxi/+/inbox", 1),
+            ("taxi/taxi-2/inbox", 1),
+        ])
+        .await?;
+    let mut bridge = broker.client(&bridge_cert).connect().await?;
+    let for_taxi1 = inbox_json("o-1", "for taxi-1");
+    bridge
+        .publish_acked("taxi/taxi-1/inbox", false, &for_taxi1)
+        .await?;
+    taxi1
+        .expect_message("taxi/taxi-1/inbox", &for_taxi1)
+        .await?;
+    // A taxi cannot write to an inbox, its own or another's.
+    taxi1
+        .publish_acked("taxi/taxi-2/inbox", false, &inbox_json("o-2", "forged"))
+        .await?;
+    let marker = inbox_json("o-3", "for taxi-2");
+    let leaked = before_marker(&mut bridge, &mut taxi2, "taxi/taxi-2/inbox", &marker).await?;
+    assert_eq!(leaked, [], "taxi-2 read what was not for it");
+    // Nothing else arrived afterwards either (copies of the marker aside: how many a client
+    // with overlapping subscriptions gets is the broker's choice).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extra: Vec<_> = taxi2
+        .messages()
+        .into_iter()
+        .filter(|m| m.payload != marker)
+        .collect();
+    assert_eq!(extra, [], "taxi-2 got more");
 
-        // MQTT 5: the PUBACK says so (a connection of its own: the same client id would
-        // take over taxi-1's session).
-        let output = broker
-            .mosquitto_pub(&taxi1_cert)
-            .v5()
-            .qos(1)
-            .topic("taxi/taxi-2/position")
-            .message("{}")
-            .run()
-            .await?;
-        ensure!(
-            output.stdout.contains("received PUBACK") && output.stdout.contains("RC:135"),
-            "expected PUBACK \"not authorized\" (135): {output:?}"
-        );
+    // MQTT 5: the PUBACK says so (a connection of its own: the same client id would
+    // take over taxi-1's session).
+    let output = broker
+        .mosquitto_pub(&taxi1_cert)
+        .v5()
+        .qos(1)
+        .topic("taxi/taxi-2/position")
+        .message("{}")
+        .run()
+        .await?;
+    ensure!(
+        output.stdout.contains("received PUBACK") && output.stdout.contains("RC:135"),
+        "expected PUBACK \"not authorized\" (135): {output:?}"
+    );
 
-        // Mosquitto logged the refusals.
-        let denied = broker.log_lines("Denied PUBLISH from taxi-1");
-        ensure!(
-            denied.len() >= 3,
-            "expected three refused publishes of taxi-1 in the log: {denied:#?}"
-        );
-        Ok(())
-    }
+    // Mosquitto logged the refusals.
+    let denied = broker.log_lines("Denied PUBLISH from taxi-1");
+    ensure!(
+        denied.len() >= 3,
+        "expected three refused publishes of taxi-1 in the log: {denied:#?}"
+    );
+    Ok(())
 }
