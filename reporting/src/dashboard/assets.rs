@@ -60,11 +60,15 @@ pub fn content_security_policy(issuer: Option<&str>, tile_url: Option<&str>) -> 
             .map(|u| u.origin().ascii_serialization())
             .filter(|o| o != "null")
     };
-    let connect = issuer.and_then(origin).unwrap_or_default();
-    let images = tile_url.and_then(origin).unwrap_or_default();
+    let with = |sources: &str, extra: Option<String>| match extra {
+        Some(origin) => format!("{sources} {origin}"),
+        None => sources.to_owned(),
+    };
+    let connect = with("'self'", issuer.and_then(origin));
+    let images = with("'self' data:", tile_url.and_then(origin));
     let policy = format!(
         "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-         img-src 'self' data: {images}; connect-src 'self' {connect}; \
+         img-src {images}; connect-src {connect}; \
          base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     );
     HeaderValue::from_str(&policy).unwrap_or_else(|_| {
@@ -157,7 +161,7 @@ mod tests {
         assert!(none
             .to_str()
             .expect("ascii")
-            .contains("connect-src 'self' ;"));
+            .contains("connect-src 'self';"));
     }
 
     #[test]

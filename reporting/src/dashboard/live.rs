@@ -10,8 +10,8 @@
 //! database sees one small query a second; a browser sees a position at most an interval
 //! after it was committed.
 //!
-//! Each connection gets a `snapshot` event (every taxi) first, then a `positions` event per
-//! change (`{"taxis": [...], "removed": [...]}`). A connection too slow to keep up skips
+//! Each connection gets a `snapshot` event (every taxi, as last read; a new connection
+//! makes the task read at once) first, then a `positions` event per change (`{"taxis": [...], "removed": [...]}`). A connection too slow to keep up skips
 //! what it missed and gets a fresh snapshot. Comments keep idle connections open through
 //! proxies. The stream needs the `fleet` permission, like `/v1/fleet`.
 
@@ -26,7 +26,7 @@ use axum::Extension;
 use futures_util::Stream;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use crate::api::error::ApiError;
 use crate::api::{AppState, Caller};
@@ -60,6 +60,8 @@ pub struct Hub {
 struct Inner {
     current: RwLock<BTreeMap<String, Taxi>>,
     changes: broadcast::Sender<Arc<str>>,
+    /// A new subscriber: read now rather than at the next tick.
+    wake: Notify,
 }
 
 impl Hub {
@@ -70,6 +72,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 current: RwLock::new(BTreeMap::new()),
                 changes,
+                wake: Notify::new(),
             }),
         };
         tokio::spawn(hub.clone().run(pool, interval));
@@ -81,7 +84,10 @@ impl Hub {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = self.inner.wake.notified() => {}
+            }
             if self.inner.changes.receiver_count() == 0 {
                 continue;
             }
@@ -151,6 +157,7 @@ impl Hub {
     fn events(&self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
         // Subscribed before the snapshot is taken: no change falls in between.
         let receiver = self.inner.changes.subscribe();
+        self.inner.wake.notify_one();
         let hub = self.clone();
         let first = Event::default().event("snapshot").data(hub.snapshot());
         futures_util::stream::unfold(
@@ -233,6 +240,7 @@ mod tests {
             inner: Arc::new(Inner {
                 current: RwLock::new(BTreeMap::new()),
                 changes,
+                wake: Notify::new(),
             }),
         }
     }
