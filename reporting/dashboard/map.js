@@ -107,7 +107,7 @@
     }
 
     drawTiles(ctx, scale, cx, cy, width, height) {
-      const z = Math.max(0, Math.min(19, Math.floor(Math.log2(scale / TILE))));
+      const z = Math.max(0, Math.min(19, Math.round(Math.log2(scale / TILE))));
       const n = 2 ** z;
       const left = cx - width / 2 / scale; const top = cy - height / 2 / scale;
       const right = cx + width / 2 / scale; const bottom = cy + height / 2 / scale;

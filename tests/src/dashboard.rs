@@ -585,3 +585,62 @@ async fn seed(
     }
     Ok(())
 }
+
+/// A tile server for the map's optional base map: every request gets the same 1×1 PNG, and
+/// is counted.
+pub struct TileServer {
+    /// `http://127.0.0.1:<port>/{z}/{x}/{y}.png`
+    pub url: String,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TileServer {
+    pub async fn start() -> Result<TileServer> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+        let png = base64::engine::general_purpose::STANDARD.decode(PNG)?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let url = format!("http://{}/{{z}}/{{x}}/{{y}}.png", listener.local_addr()?);
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (png, counted) = (png.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        png.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&png).await;
+                });
+            }
+        });
+        Ok(TileServer {
+            url,
+            requests,
+            task,
+        })
+    }
+
+    /// Tiles asked for so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -385,15 +385,25 @@ async fn orders_are_sent_with_orders_send_only_and_the_live_stream_needs_the_fle
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_development_sign_in_is_off_unless_configured() -> Result<()> {
+async fn the_development_sign_in_and_the_base_map_are_off_unless_configured() -> Result<()> {
     use tests::reporting::{config, start_in_process, Database, ADMIN};
     bounded(LIMIT, async {
         tests::init();
         let database = Database::start().await?;
+        database
+            .client
+            .execute(
+                "INSERT INTO latest_positions (taxi_id, seq, ts, lat, lon, received_at)
+                 VALUES ('cab-1', 1, now(), 52.52, 13.405, now())",
+                &[],
+            )
+            .await?;
+        let tiles = tests::dashboard::TileServer::start().await?;
         let pki = tests::TestPki::new()?;
         let plain = start_in_process(config(&database.url(), &pki), &pki).await?;
         let mut settings = config(&database.url(), &pki);
         settings.dashboard.dev_sign_in = true;
+        settings.dashboard.tile_url = Some(tiles.url.clone());
         let dev = start_in_process(settings, &pki).await?;
         let browser = Arc::new(Browser::launch(&artifacts_dir().join("chromium-dev.log")).await?);
         let page = browser.new_page().await?;
@@ -429,6 +439,15 @@ async fn the_development_sign_in_is_off_unless_configured() -> Result<()> {
         .await?;
         ensure!(page.eval("window.dashboard.me.roles").await? == serde_json::json!(["admin"]));
         ensure!(page.eval("document.querySelector('#order-form').hidden").await? == false);
+
+        // The base map: tiles of the configured server under the taxi.
+        page.wait_for("the taxi on the map", "window.dashboard.taxis['cab-1']", STEP)
+            .await?;
+        let deadline = Instant::now() + STEP;
+        while tiles.requests() == 0 {
+            ensure!(Instant::now() < deadline, "no tile was asked for");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         page.screenshot("7-development-sign-in").await?;
         Ok(())
     })
