@@ -142,11 +142,11 @@ impl Aggregator {
                 lake::export_day(&self.config, &self.lake, client, day)
                     .await
                     .with_context(|| format!("exporting day {day} to the lake"))?;
-                let ctx = self.lake.session().await?;
+                let ctx = self.lake.session_of(crate::lake::schema::DATASETS).await?;
                 fleet::summarize(&ctx, day).await
             }
             Source::Nyc => {
-                let ctx = self.lake.session().await?;
+                let ctx = self.lake.session_of(crate::lake::schema::DATASETS).await?;
                 nyc::summarize(&ctx, day).await
             }
         }
@@ -171,7 +171,7 @@ impl Aggregator {
 
     /// The NYC days in the lake that have no row, oldest first.
     pub async fn missing_nyc_days(&mut self) -> anyhow::Result<Vec<Date>> {
-        let ctx = self.lake.session().await?;
+        let ctx = self.lake.session_of(crate::lake::schema::DATASETS).await?;
         let in_lake = nyc::days_in_lake(&ctx).await?;
         let client = self.connected().await;
         let done: HashSet<Date> = store::days_of(client, Source::Nyc)
@@ -186,7 +186,7 @@ impl Aggregator {
 
     /// The NYC days of `[from, to]` that have trips in the lake or a row, oldest first.
     pub async fn nyc_days_between(&mut self, from: Date, to: Date) -> anyhow::Result<Vec<Date>> {
-        let ctx = self.lake.session().await?;
+        let ctx = self.lake.session_of(crate::lake::schema::DATASETS).await?;
         let mut days = nyc::days_in_lake(&ctx).await?;
         days.extend(store::days_of(self.connected().await, Source::Nyc).await?);
         days.retain(|day| (from..=to).contains(day));
