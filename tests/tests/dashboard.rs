@@ -260,6 +260,26 @@ async fn a_dispatcher_signs_in_watches_the_fleet_pages_orders_and_sends_one() ->
         ensure!(daily == 10, "{daily} days");
         page.screenshot("6-daily").await?;
 
+        // Signing out forgets the token here and goes on to the provider's sign-out.
+        page.click("#signout").await?;
+        page.wait_for(
+            "at the provider's sign-out",
+            &format!("location.port === '{}'", stage.provider.port()),
+            STEP,
+        )
+        .await?;
+        page.goto(&stage.url).await?;
+        page.wait_for(
+            "signed out on the dashboard",
+            "!document.querySelector('#signin-button').hidden",
+            STEP,
+        )
+        .await?;
+        ensure!(
+            page.eval("sessionStorage.getItem('token')").await? == Value::Null,
+            "the token is forgotten"
+        );
+
         let problems: Vec<String> = browser
             .console()
             .into_iter()
