@@ -3,7 +3,8 @@
 //! see the simulated taxis on the map and watch them move (pushed, not polled), see the
 //! 10-second windows and the daily results as charts, page through the orders, send a taxi
 //! an order from the form and watch it become accepted, while a real MQTT client subscribed
-//! as that taxi receives it.
+//! as that taxi receives it, then sign out. Besides: the order and live routes' permissions,
+//! and the development sign-in and the tile base map, both off unless configured.
 //!
 //! Screenshots of each step are kept in `target/test-artifacts/dashboard/`.
 
