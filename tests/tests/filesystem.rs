@@ -158,6 +158,45 @@ async fn a_file_larger_than_a_part_comes_back_whole_in_ranges_and_goes() -> Resu
     assert_eq!(put.status, 200, "{}", put.body);
     let (_, _, got) = world.get("/filesystem/big/notes.txt", ANALYST, &[]).await?;
     assert_eq!(got, b"hello again");
+    // POST stores like PUT; other methods are named in Allow.
+    let (status, _, _) = world
+        .send(
+            Method::POST,
+            "/filesystem/big/posted.txt",
+            Some(ENGINEER),
+            &[],
+            Some(b"by post".to_vec()),
+        )
+        .await?;
+    assert_eq!(status, 201);
+    let (_, _, got) = world
+        .get("/filesystem/big/posted.txt", ANALYST, &[])
+        .await?;
+    assert_eq!(got, b"by post");
+    let (status, _, _) = world
+        .send(
+            Method::DELETE,
+            "/filesystem/big/posted.txt",
+            Some(ENGINEER),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 204);
+    let (status, headers, _) = world
+        .send(
+            Method::PATCH,
+            "/filesystem/big/notes.txt",
+            Some(ENGINEER),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 405);
+    assert_eq!(
+        header(&headers, "allow").as_deref(),
+        Some("GET, HEAD, PUT, POST, DELETE")
+    );
 
     // Who may: a reader may not write, a viewer not even read, nobody without a token.
     let (status, _, body) = world
