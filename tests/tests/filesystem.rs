@@ -540,6 +540,26 @@ async fn json_and_csv_uploads_are_tables_and_nyc_trips_are_paged_from_the_lake()
     let summaries = analytics::import::import_files(&world.analytics()?, &[file], None).await?;
     analytics::import::all_imported(&summaries)?;
 
+    // Parquet: one of the lake's own trips_nyc files, uploaded, is a table too.
+    let day = world.object_file("lake/trips_nyc/dt=2015-01-01");
+    let part = std::fs::read_dir(&day)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .expect("a trips_nyc object of 2015-01-01");
+    let put = world
+        .put(
+            "/filesystem/nyc/copy.parquet",
+            "application/octet-stream",
+            std::fs::read(part)?,
+        )
+        .await?;
+    assert_eq!(put.status, 201, "{}", put.body);
+    assert_eq!(put.json()?["table"], "files.nyc_parquet");
+    let rows = world
+        .sql("SELECT count(*) AS n, sum(fare_cents) AS fares FROM files.nyc_parquet")
+        .await?;
+    assert_eq!(rows, ["n,fares", "25,46250"]);
+
     // 10:00 to 10:20 EST is 15:00 to 15:20 UTC: 20 trips, in pages of 8.
     let range = "from=2015-01-01T15:00:00Z&to=2015-01-01T15:20:00Z";
     let probe = world
