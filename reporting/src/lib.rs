@@ -84,6 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningReporting> {
         ),
         dispatch: api::orders::Dispatch::new(&config.dispatch)?,
         lake: Arc::new(analytics::lake::Lake::open(&config.lake).await?),
+        uploads: Arc::new(tokio::sync::Semaphore::new(config.files.max_uploads)),
     };
     let app = dashboard::router(shared, auth).merge(api::router(state));
     service::tls::serve(

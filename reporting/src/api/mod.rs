@@ -71,6 +71,8 @@ pub struct AppState {
     pub dispatch: Option<Arc<orders::Dispatch>>,
     /// The lake (`[lake]`): the file API's store and the imported NYC trips.
     pub lake: Arc<analytics::lake::Lake>,
+    /// Uploads of the file API running at once (`files.max_uploads`).
+    pub uploads: Arc<Semaphore>,
 }
 
 /// The API's router.

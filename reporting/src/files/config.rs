@@ -20,6 +20,9 @@ pub struct FilesConfig {
     /// Uploads up to this size are one PUT to the store (held in memory until then); larger
     /// ones a multipart upload with parts of this size. 5 MiB (S3's smallest part) to 1 GiB.
     pub multipart_threshold_bytes: u64,
+    /// Uploads running at once; one more is answered 503 with `Retry-After`. Each holds
+    /// about three parts of `multipart_threshold_bytes` in memory.
+    pub max_uploads: usize,
 }
 
 impl Default for FilesConfig {
@@ -28,6 +31,7 @@ impl Default for FilesConfig {
             enabled: true,
             max_body_bytes: 10 * 1024 * MIB,
             multipart_threshold_bytes: 8 * MIB,
+            max_uploads: 8,
         }
     }
 }
@@ -40,6 +44,9 @@ impl FilesConfig {
                 "files.multipart_threshold_bytes",
                 "must be between 5 MiB (5242880) and 1 GiB (1073741824)",
             ));
+        }
+        if !(1..=1024).contains(&self.max_uploads) {
+            return Err(E::invalid("files.max_uploads", "must be 1 to 1024"));
         }
         if self.max_body_bytes == 0 {
             return Err(E::invalid("files.max_body_bytes", "must be at least 1"));
@@ -69,6 +76,13 @@ mod tests {
                     ..FilesConfig::default()
                 },
                 "files.multipart_threshold_bytes:",
+            ),
+            (
+                FilesConfig {
+                    max_uploads: 0,
+                    ..FilesConfig::default()
+                },
+                "files.max_uploads:",
             ),
             (
                 FilesConfig {

@@ -116,6 +116,21 @@ async fn upload(
         return Err(ApiError::forbidden(Permission::FilesWrite));
     }
     let path = file_path(raw)?;
+    // Held until the upload is stored: memory is bounded by uploads x parts.
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        let mut busy = ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "{} uploads are running (files.max_uploads); try again when one has finished",
+                state.config.files.max_uploads
+            ),
+            parameter: None,
+        }
+        .into_response();
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Ok((busy, 0));
+    };
     let limit = state.config.files.max_body_bytes;
     let declared = request
         .headers()
