@@ -696,3 +696,30 @@ async fn a_large_upload_and_download_stream_in_bounded_memory() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_reached_is_a_503_not_a_hang() -> Result<()> {
+    tests::init();
+    let port = testkit::free_port()?;
+    let world = FileWorld::start(|c| c.lake.endpoint = format!("http://127.0.0.1:{port}")).await?;
+    let began = std::time::Instant::now();
+    for (method, body) in [(Method::GET, None), (Method::PUT, Some(b"x".to_vec()))] {
+        let (status, _, body) = world
+            .send(
+                method.clone(),
+                "/filesystem/a/b.txt",
+                Some(ENGINEER),
+                &[],
+                body,
+            )
+            .await?;
+        assert_eq!(status, 503, "{method}: {}", String::from_utf8_lossy(&body));
+        let error: Value = serde_json::from_slice(&body)?;
+        assert_eq!(
+            error["error"],
+            "the file store cannot be reached; try again shortly"
+        );
+    }
+    assert!(began.elapsed().as_secs() < 20, "{:?}", began.elapsed());
+    Ok(())
+}

@@ -3,8 +3,9 @@
 //!
 //! - `PUT` or `POST /filesystem/<path>`: stores the body (permission `files.write`), streamed
 //!   to the store ([`store`]: one PUT up to `files.multipart_threshold_bytes`, a multipart
-//!   upload above), at most `files.max_body_bytes` (413 otherwise). Answers 201 (created) or
-//!   200 (replaced) with the `ETag`.
+//!   upload above), at most `files.max_body_bytes` (413 otherwise), at most
+//!   `files.max_uploads` at once (503 otherwise). Answers 201 (created) or 200 (replaced)
+//!   with the `ETag`.
 //! - `GET /filesystem/<path>` streams the file back (permission `files.read`), with `ETag`,
 //!   `If-None-Match` (304) and one `Range` (206, or 416 when it is outside the file); `HEAD`
 //!   the same headers without the body. `GET /filesystem/<dir>/` (or `/filesystem/`) lists a
@@ -128,6 +129,16 @@ fn store_error(what: &str, error: object_store::Error) -> ApiError {
         } else {
             "internal error (logged)".to_owned()
         },
+        parameter: None,
+    }
+}
+
+/// The store could not be reached to make sure the bucket exists: 503.
+fn unreachable(error: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{error:#}"), "the file store cannot be reached");
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "the file store cannot be reached; try again shortly".to_owned(),
         parameter: None,
     }
 }

@@ -135,7 +135,7 @@ async fn answer(
         .lake
         .ensure_bucket()
         .await
-        .map_err(|e| ApiError::internal(e.context("the file store")))?;
+        .map_err(super::unreachable)?;
     if path.directory {
         return list(state, &path).await;
     }

@@ -150,7 +150,7 @@ async fn upload(
         .lake
         .ensure_bucket()
         .await
-        .map_err(|e| ApiError::internal(e.context("the file store")))?;
+        .map_err(super::unreachable)?;
     let objects = state.lake.objects();
     let layout = state.lake.files();
     let key = layout.data(path.parts());
