@@ -1,4 +1,6 @@
-//! `analytics sql`: SQL over the lake (DataFusion, [`crate::lake::Lake::session`]). Results
+//! `analytics sql`: SQL over the lake (DataFusion, [`crate::lake::Lake::session`]): every
+//! dataset, and the reporting file API's uploads as tables of the schema `files`
+//! ([`crate::lake::files`]). Results
 //! are written as they arrive, batch by batch: CSV (with one header line) or plain text tables
 //! (one table per block of rows, so a long result does not have to fit in memory first).
 //! An SQL error is shown as DataFusion words it, without a backtrace.
