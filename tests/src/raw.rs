@@ -42,6 +42,26 @@ pub struct RawClient {
 impl RawClient {
     /// Opens TCP and completes the TLS handshake presenting `cert`.
     pub async fn connect(addr: SocketAddr, ca_pem: &str, cert: &ClientCert) -> Result<RawClient> {
+        RawClient::connect_with(addr, ca_pem, cert, None).await
+    }
+
+    /// [`Self::connect`] with a small socket receive buffer: a client that stops reading
+    /// holds up the broker's writes after a few kilobytes instead of megabytes.
+    pub async fn connect_with_receive_buffer(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: &ClientCert,
+        bytes: u32,
+    ) -> Result<RawClient> {
+        RawClient::connect_with(addr, ca_pem, cert, Some(bytes)).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: &ClientCert,
+        receive_buffer: Option<u32>,
+    ) -> Result<RawClient> {
         crate::init();
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -62,7 +82,19 @@ impl RawClient {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .context("client certificate")?;
-        let tcp = TcpStream::connect(addr)
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .context("opening a socket")?;
+        if let Some(bytes) = receive_buffer {
+            socket
+                .set_recv_buffer_size(bytes)
+                .context("setting the receive buffer")?;
+        }
+        let tcp = socket
+            .connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         let name = ServerName::IpAddress(addr.ip().into());

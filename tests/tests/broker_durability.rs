@@ -1,0 +1,321 @@
+//! Durable while running: no QoS 1 message the broker acknowledged is lost for a durable
+//! subscriber (a persistent session with a QoS 1 subscription) when it falls further behind
+//! than the router's in-memory log holds. The publishers are slowed down instead (their
+//! PUBACKs wait), and what a subscriber that is not durable loses is counted in `/metrics`.
+//!
+//! The broker runs with a small log (64 KiB x 4 segments per filter), so that a few
+//! megabytes published as fast as possible overflow it many times.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use tests::raw::{self, RawClient};
+use tests::{Event, Message, MqttClient, TestBroker, TestPki};
+
+/// Taxis publishing at once.
+const PUBLISHERS: usize = 20;
+/// Messages each taxi publishes (more than rumqttc queues and keeps in flight, 200).
+const PER_PUBLISHER: usize = 250;
+/// Payload size: 5,000 messages of 1 KiB are about 20 times the log.
+const PAYLOAD: usize = 1024;
+/// How long everything may take once it is under way.
+const DELIVERY: Duration = Duration::from_secs(15);
+const FILTER: &str = "taxi/+/position";
+
+async fn small_log_broker(pki: &TestPki) -> Result<TestBroker> {
+    TestBroker::start_with(pki, |config| {
+        config.router.max_segment_size = 64 * 1024;
+        config.router.max_segment_count = 4;
+    })
+    .await
+}
+
+/// `<taxi>:<seq>:` padded to [`PAYLOAD`] bytes.
+fn payload(taxi: &str, seq: usize) -> Vec<u8> {
+    let mut payload = format!("{taxi}:{seq:06}:").into_bytes();
+    payload.resize(PAYLOAD, b'x');
+    payload
+}
+
+fn parse(message: &Message) -> Result<(String, usize)> {
+    let text = String::from_utf8_lossy(&message.payload);
+    let mut parts = text.splitn(3, ':');
+    let (Some(taxi), Some(seq)) = (parts.next(), parts.next()) else {
+        bail!("unexpected payload on {}", message.topic);
+    };
+    Ok((taxi.to_owned(), seq.parse().context("sequence number")?))
+}
+
+/// Publishes [`PER_PUBLISHER`] QoS 1 messages as fast as rumqttc sends them, counting the
+/// PUBACKs in `acked` as they arrive; ends when all are acknowledged.
+async fn publish_all(mut taxi: MqttClient, acked: Arc<AtomicUsize>) -> Result<()> {
+    let id = taxi.client_id().to_owned();
+    let topic = format!("taxi/{id}/position");
+    let mut counted = 0;
+    let mut count_acks = |taxi: &mut MqttClient| {
+        taxi.drain();
+        let seen = taxi.seen();
+        let new = seen[counted..]
+            .iter()
+            .filter(|event| matches!(event, Event::PubAck { .. }))
+            .count();
+        counted = seen.len();
+        acked.fetch_add(new, Ordering::SeqCst);
+        new
+    };
+    for seq in 0..PER_PUBLISHER {
+        taxi.publish(&topic, 1, false, &payload(&id, seq)).await?;
+        count_acks(&mut taxi);
+    }
+    let mut mine = taxi
+        .seen()
+        .iter()
+        .filter(|event| matches!(event, Event::PubAck { .. }))
+        .count();
+    while mine < PER_PUBLISHER {
+        taxi.expect("PUBACK", DELIVERY, |event| {
+            matches!(event, Event::PubAck { .. }).then_some(())
+        })
+        .await?;
+        mine += 1;
+        acked.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Connects the taxis and starts them publishing; returns their tasks.
+async fn start_publishers(
+    broker: &TestBroker,
+    pki: &TestPki,
+    acked: &Arc<AtomicUsize>,
+) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
+    let mut taxis = Vec::new();
+    for n in 0..PUBLISHERS {
+        let cert = pki.client(&format!("taxi-{n}"), "taxi")?;
+        taxis.push(broker.client(&cert).connect().await?);
+    }
+    Ok(taxis
+        .into_iter()
+        .map(|taxi| tokio::spawn(publish_all(taxi, acked.clone())))
+        .collect())
+}
+
+async fn wait_for_publishers(tasks: Vec<tokio::task::JoinHandle<Result<()>>>) -> Result<()> {
+    for task in tasks {
+        task.await.context("publisher task")??;
+    }
+    Ok(())
+}
+
+/// Every message of every taxi exactly once, each taxi's in the order published.
+fn check_complete(received: &[Message]) -> Result<()> {
+    let mut by_taxi: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for message in received {
+        let (taxi, seq) = parse(message)?;
+        ensure!(
+            message.topic == format!("taxi/{taxi}/position"),
+            "{taxi}'s message on {}",
+            message.topic
+        );
+        by_taxi.entry(taxi).or_default().push(seq);
+    }
+    let expected: Vec<usize> = (0..PER_PUBLISHER).collect();
+    let incomplete: Vec<String> = by_taxi
+        .iter()
+        .filter(|(_, seqs)| **seqs != expected)
+        .map(|(taxi, seqs)| {
+            let first_gap = (0..PER_PUBLISHER).find(|n| seqs.get(*n) != Some(n));
+            format!(
+                "{taxi}: {} messages, first difference at {first_gap:?}",
+                seqs.len()
+            )
+        })
+        .collect();
+    ensure!(
+        by_taxi.len() == PUBLISHERS && incomplete.is_empty(),
+        "{} messages from {} taxis; expected {PER_PUBLISHER} from each of {PUBLISHERS}, in \
+         order, once: {incomplete:?}",
+        received.len(),
+        by_taxi.len()
+    );
+    Ok(())
+}
+
+/// Receives publishes until `total` have arrived (acknowledging them in rounds of `round`,
+/// pausing `pause` after each, with manual acks), or fails after [`DELIVERY`].
+async fn receive(
+    subscriber: &mut MqttClient,
+    total: usize,
+    manual: Option<(usize, Duration)>,
+) -> Result<Vec<Message>> {
+    let mut received = Vec::with_capacity(total);
+    let mut unacked = Vec::new();
+    let deadline = tokio::time::Instant::now() + DELIVERY;
+    while received.len() < total {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = subscriber
+            .expect("a position", left, |event| match event {
+                Event::Publish(message) => Some(message.clone()),
+                _ => None,
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "{} of {total} messages delivered within {DELIVERY:?}",
+                    received.len()
+                )
+            })?;
+        if let Some((round, pause)) = manual {
+            unacked.push(message.clone());
+            if unacked.len() >= round {
+                tokio::time::sleep(pause).await;
+                for message in unacked.drain(..) {
+                    subscriber.ack(&message).await?;
+                }
+            }
+        }
+        received.push(message);
+    }
+    for message in unacked.drain(..) {
+        subscriber.ack(&message).await?;
+    }
+    // Nothing more comes: no duplicates, nothing from elsewhere.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extra: Vec<Message> = subscriber
+        .messages()
+        .into_iter()
+        .skip(received.len())
+        .collect();
+    ensure!(
+        extra.is_empty(),
+        "{} messages more than published, first {:?}",
+        extra.len(),
+        extra.first()
+    );
+    Ok(received)
+}
+
+/// A persistent subscriber is away while the taxis publish 20 times what the log holds: the
+/// taxis wait for their PUBACKs, and when it comes back it gets every message, once, in
+/// order. Meanwhile `/metrics` shows its lag and the back-pressure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_subscriber_away_gets_every_acknowledged_message() -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = small_log_broker(&pki).await?;
+    let bridge_cert = pki.client("bridge", "bridge")?;
+    let mut bridge = broker
+        .client(&bridge_cert)
+        .clean_session(false)
+        .connect()
+        .await?;
+    bridge.subscribe_and_wait(&[(FILTER, 1)]).await?;
+    bridge.disconnect().await?;
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let publishers = start_publishers(&broker, &pki, &acked).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked_while_away = acked.load(Ordering::SeqCst);
+    let lag = broker
+        .metric(
+            "broker_durable_lag_messages",
+            &[("subscriber", "bridge"), ("filter", FILTER)],
+        )
+        .await?;
+    let held = broker
+        .metric("broker_backpressure_events_total", &[])
+        .await?;
+
+    let mut bridge = broker.client(&bridge_cert).clean_session(false).start()?;
+    let session_present = bridge.expect_connack().await?;
+    let total = PUBLISHERS * PER_PUBLISHER;
+    let received = receive(&mut bridge, total, None).await?;
+    wait_for_publishers(publishers).await?;
+
+    check_complete(&received)?;
+    assert!(session_present, "the bridge's session was kept");
+    assert!(
+        acked_while_away < total,
+        "all {total} messages were acknowledged while the only subscriber was away: the log \
+         cannot have held them"
+    );
+    assert!(
+        lag > 0.0,
+        "the away subscriber's lag is exported (got {lag})"
+    );
+    assert!(held > 0.0, "back-pressure events are counted (got {held})");
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        total,
+        "every publish is acknowledged in the end"
+    );
+    Ok(())
+}
+
+/// A persistent subscriber reads slowly (acknowledging in rounds) while a clean-session QoS 0
+/// subscriber stops reading altogether: the slow one gets everything; the other one's
+/// losses are counted in `/metrics` instead of slowing everyone down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_persistent_subscriber_gets_everything_and_a_stalled_clean_one_loses_counted_messages(
+) -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = small_log_broker(&pki).await?;
+
+    let mut bridge = broker
+        .client(&pki.client("bridge", "bridge")?)
+        .clean_session(false)
+        .manual_acks()
+        .connect()
+        .await?;
+    bridge.subscribe_and_wait(&[(FILTER, 1)]).await?;
+
+    // Subscribes at QoS 0 with a clean session, then never reads again.
+    let tap_cert = pki.client("tap", "bridge")?;
+    let mut tap =
+        RawClient::connect_with_receive_buffer(broker.mqtt_addr, pki.ca_pem(), &tap_cert, 4096)
+            .await?;
+    tap.send(&raw::connect("tap", true, 60)).await?;
+    let connack = tap.read_packet(Duration::from_secs(10)).await?;
+    ensure!(
+        connack.as_ref().map(|p| p.kind) == Some(raw::CONNACK),
+        "{connack:?}"
+    );
+    tap.send(&raw::subscribe(1, FILTER, 0)).await?;
+    let suback = tap.read_packet(Duration::from_secs(10)).await?;
+    ensure!(
+        suback.as_ref().map(|p| p.kind) == Some(raw::SUBACK),
+        "{suback:?}"
+    );
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let publishers = start_publishers(&broker, &pki, &acked).await?;
+    let total = PUBLISHERS * PER_PUBLISHER;
+    let received = receive(&mut bridge, total, Some((50, Duration::from_millis(5)))).await?;
+    wait_for_publishers(publishers).await?;
+    check_complete(&received)?;
+    assert_eq!(acked.load(Ordering::SeqCst), total);
+
+    let dropped = broker
+        .wait_for_metric(
+            "broker_messages_dropped_total",
+            &[("reason", "clean_session")],
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await?;
+    let durable_dropped = broker
+        .metric("broker_messages_dropped_total", &[("reason", "durable")])
+        .await?;
+    assert_eq!(
+        durable_dropped, 0.0,
+        "nothing is dropped for a durable subscriber"
+    );
+    assert!(
+        dropped < total as f64,
+        "the stalled subscriber lost {dropped} of {total}"
+    );
+    drop(tap);
+    Ok(())
+}
