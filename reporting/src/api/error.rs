@@ -59,9 +59,14 @@ impl ApiError {
 
     /// A failure of ours: logged in full, answered in general terms.
     pub fn internal(error: anyhow::Error) -> ApiError {
-        let text = format!("{error:#}");
-        tracing::error!(error = %text, "request failed");
-        let unavailable = text.contains("connection") || text.contains("timed out");
+        ApiError::backend("the database", &format!("{error:#}"))
+    }
+
+    /// A failure of a backend (`what`: the database, the lake, the file store), logged in
+    /// full: 503 when it cannot be reached (worth trying again), 500 otherwise.
+    pub fn backend(what: &str, text: &str) -> ApiError {
+        tracing::error!(error = %text, backend = what, "request failed");
+        let unavailable = text.contains("connect") || text.contains("timed out");
         ApiError {
             status: if unavailable {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -69,7 +74,7 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             },
             message: if unavailable {
-                "the database cannot be reached; try again shortly".to_owned()
+                format!("{what} cannot be reached; try again shortly")
             } else {
                 "internal error (logged)".to_owned()
             },

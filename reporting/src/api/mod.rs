@@ -219,14 +219,10 @@ pub(crate) fn wants_csv(headers: &HeaderMap) -> bool {
         .any(|v| v.split(',').any(|t| t.trim().starts_with("text/csv")))
 }
 
-/// The whole report as CSV, streamed from its own database connection.
-async fn csv(
-    state: &AppState,
-    principal: &Principal,
-    path: &str,
-    report: Report,
-) -> Result<Response, ApiError> {
-    let permit = state
+/// One of the CSV exports allowed at once, held until its stream ends; 429 when all are
+/// taken.
+fn export_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state
         .exports
         .clone()
         .try_acquire_owned()
@@ -234,7 +230,17 @@ async fn csv(
             status: StatusCode::TOO_MANY_REQUESTS,
             message: "too many CSV exports at once; try again when one has finished".to_owned(),
             parameter: None,
-        })?;
+        })
+}
+
+/// The whole report as CSV, streamed from its own database connection.
+async fn csv(
+    state: &AppState,
+    principal: &Principal,
+    path: &str,
+    report: Report,
+) -> Result<Response, ApiError> {
+    let permit = export_permit(state)?;
     let (client, connection) =
         tokio_postgres::connect(&state.config.postgres.url, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {

@@ -51,22 +51,7 @@ const KEY: &[(&str, &str)] = &[
 ];
 
 fn lake_error(error: impl std::fmt::Display) -> ApiError {
-    let text = error.to_string();
-    tracing::error!(error = %text, "reading trips_nyc from the lake failed");
-    let unavailable = text.contains("connect") || text.contains("timed out");
-    ApiError {
-        status: if unavailable {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        },
-        message: if unavailable {
-            "the lake cannot be reached; try again shortly".to_owned()
-        } else {
-            "internal error (logged)".to_owned()
-        },
-        parameter: None,
-    }
+    ApiError::backend("the lake", &error.to_string())
 }
 
 fn micros(t: Timestamp) -> ScalarValue {
@@ -174,15 +159,7 @@ async fn csv_answer(
     principal: &Principal,
     frame: datafusion::dataframe::DataFrame,
 ) -> Result<Response, ApiError> {
-    let permit = state
-        .exports
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "too many CSV exports at once; try again when one has finished".to_owned(),
-            parameter: None,
-        })?;
+    let permit = super::export_permit(state)?;
     let stream = frame.execute_stream().await.map_err(lake_error)?;
     metrics::counter!("reporting_csv_exports_total").increment(1);
     tracing::info!(caller = %principal.name, path = PATH, "CSV export");

@@ -115,22 +115,8 @@ fn store_error(what: &str, error: object_store::Error) -> ApiError {
     if let object_store::Error::NotFound { .. } = error {
         return ApiError::not_found(format!("no such file: {what}"));
     }
-    let text = format!("{error}");
-    tracing::error!(error = %text, what, "file store request failed");
-    let unavailable = text.contains("connect") || text.contains("timed out");
-    ApiError {
-        status: if unavailable {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        },
-        message: if unavailable {
-            "the file store cannot be reached; try again shortly".to_owned()
-        } else {
-            "internal error (logged)".to_owned()
-        },
-        parameter: None,
-    }
+    tracing::warn!(what, "file store request failed");
+    ApiError::backend("the file store", &error.to_string())
 }
 
 /// The store could not be reached to make sure the bucket exists: 503.
