@@ -13,6 +13,7 @@
 //! - [`acl_export`]: those rules as Mosquitto's ACL file and `mosquitto.conf`, for running
 //!   the platform on another broker.
 //! - [`expiry`]: inbox orders past their `expires_ms` are never delivered.
+//! - [`durability`]: the router's held publishers, drops and durable lag as metrics.
 //! - [`payload`]: taxi payloads as JSON for roles that read them (operators).
 //! - [`registry`]: live sessions by id (takeover, revocation), wills waiting for their delay.
 //! - [`publisher`]: the broker's own messages (status, wills) through its own router link.
@@ -23,6 +24,7 @@ pub mod acl;
 pub mod acl_export;
 pub mod config;
 pub mod connection;
+pub mod durability;
 pub mod expiry;
 pub mod http;
 pub mod identity;
@@ -96,7 +98,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };
-    let router_tx = Router::new(0, router_config).spawn();
+    // A full log never drops what a durable subscriber has not read: its publishers wait.
+    let router_tx = Router::new(0, router_config)
+        .observer(Arc::new(durability::DurabilityMetrics::default()))
+        .spawn();
     // Without its router the broker is dead, even if its ports still answer: exit, so that a
     // supervisor restarts it, rather than accept connections that can never attach.
     let watched = router_tx.clone();

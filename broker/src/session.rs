@@ -42,6 +42,11 @@ const WRITE_BATCH: usize = 256;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new session waits for an older one of the same id to leave.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// Bytes of a client's publishes the router may hold back (its log is full of messages a
+/// durable subscriber has not read) before the session stops reading from the client.
+const HELD_READ_LIMIT: usize = 64 * 1024;
+/// How often a session that stopped reading looks whether the router has taken them.
+const HELD_POLL: Duration = Duration::from_millis(5);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -301,6 +306,7 @@ where
         inbound_in_flight: 0,
         receive_maximum: u32::from(receive_maximum),
         max_packet_size: client_max_packet_size,
+        outbound_in_flight: 0,
     };
     let written = session.conn.write_packet(Packet::ConnAck(ack, props)).await;
     if session.publishes_status {
@@ -392,6 +398,10 @@ struct Session<S> {
     receive_maximum: u32,
     /// The client's Maximum Packet Size (MQTT 5).
     max_packet_size: Option<usize>,
+    /// QoS 1 and 2 messages written to the client and not yet acknowledged by it: while
+    /// there are any, the client is read even if the router holds its publishes, so that the
+    /// acknowledgements the router may be waiting for get through.
+    outbound_in_flight: u32,
 }
 
 /// Per-message counters, looked up once per session.
@@ -412,12 +422,26 @@ impl Counters {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn serve(&mut self, registration: &crate::registry::Registration) -> End {
         let mut last_read = Instant::now();
+        let mut paused = false;
         loop {
+            // Back-pressure: while the router holds many of this client's publishes (a log
+            // they go to is full of messages a durable subscriber has not read), the client
+            // is not read, unless it owes acknowledgements. The keep-alive restarts after.
+            let hold = self.outbound_in_flight == 0 && self.link_tx.held_bytes() > HELD_READ_LIMIT;
+            if hold != paused {
+                paused = hold;
+                if paused {
+                    metrics::counter!("broker_backpressure_read_pauses_total").increment(1);
+                } else {
+                    last_read = Instant::now();
+                }
+            }
             let deadline = self.keep_alive.map(|keep_alive| last_read + keep_alive);
             tokio::select! {
                 biased;
                 reason = registration.stopped() => return End::Stopped(reason),
-                read = self.conn.read_packet(deadline) => {
+                () = tokio::time::sleep(HELD_POLL), if paused => {}
+                read = self.conn.read_packet(deadline), if !paused => {
                     last_read = Instant::now();
                     let packet = match read {
                         Ok(packet) => packet,
@@ -553,11 +577,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 return Err(End::ClientDisconnected);
             }
-            packet @ (Packet::PubAck(..)
-            | Packet::PubRec(..)
-            | Packet::PubRel(..)
-            | Packet::PubComp(..)
-            | Packet::Unsubscribe(..)) => forward.push(packet),
+            packet @ (Packet::PubAck(..) | Packet::PubComp(..)) => {
+                self.outbound_in_flight = self.outbound_in_flight.saturating_sub(1);
+                forward.push(packet)
+            }
+            packet @ (Packet::PubRec(..) | Packet::PubRel(..) | Packet::Unsubscribe(..)) => {
+                forward.push(packet)
+            }
             other => {
                 self.send_disconnect(DisconnectReasonCode::ProtocolError);
                 return Err(End::Refused(format!("unexpected packet {other:?}")));
@@ -670,6 +696,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Some(Packet::Publish(mut publish, properties)) => {
                 self.counters.messages_out.increment(1);
+                if publish.qos != QoS::AtMostOnce {
+                    self.outbound_in_flight += 1;
+                }
                 if self.json_payloads {
                     if let Some(json) = payload::to_json(&publish.topic, &publish.payload) {
                         let original = std::mem::replace(&mut publish.payload, Bytes::from(json));

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
+pub use router::durability::{self, DropReason, Lag, Observer};
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
 

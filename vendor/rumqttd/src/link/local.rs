@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RawMutex};
 
 use std::collections::VecDeque;
 use std::mem;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -148,6 +149,7 @@ impl<'a> LinkBuilder<'a> {
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
+        let held_bytes = incoming.held_bytes.clone();
 
         let event = Event::Connect {
             connection,
@@ -167,7 +169,8 @@ impl<'a> LinkBuilder<'a> {
             _message => return Err(LinkError::NotConnectionAck),
         };
 
-        let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
+        let mut tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
+        tx.held_bytes = held_bytes;
         let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
         Ok((tx, rx, notification))
     }
@@ -177,6 +180,8 @@ pub struct LinkTx {
     pub(crate) connection_id: ConnectionId,
     router_tx: Sender<(ConnectionId, Event)>,
     recv_buffer: Arc<Mutex<VecDeque<Packet>>>,
+    /// Bytes of this link's publishes the router holds back (see `held_bytes`)
+    held_bytes: Arc<AtomicUsize>,
 }
 
 impl LinkTx {
@@ -189,7 +194,17 @@ impl LinkTx {
             connection_id,
             router_tx,
             recv_buffer,
+            held_bytes: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Bytes of this link's publishes the router holds back, unacknowledged, because a log
+    /// they go to is full of messages a durable subscriber has not read yet. A connection
+    /// handler stops reading its client while this is large (and it owes the router no
+    /// acknowledgement), so that a publisher that does not wait for its acknowledgements
+    /// cannot fill the router's memory.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::Relaxed)
     }
 
     pub fn buffer(&self) -> MutexGuard<RawMutex, VecDeque<Packet>> {

@@ -50,6 +50,8 @@ pub struct Connection {
     pub(crate) resend_retained: HashSet<Filter>,
     /// Messages already sent through one of several overlapping subscriptions
     pub(crate) delivered: RecentMessages,
+    /// Messages were dropped for this connection already (they are logged once)
+    pub(crate) drops_logged: bool,
 }
 
 /// What a client asked for when it subscribed to a filter.
@@ -128,6 +130,7 @@ impl Connection {
             sub_options: HashMap::new(),
             resend_retained: HashSet::new(),
             delivered: RecentMessages::default(),
+            drops_logged: false,
         }
     }
 

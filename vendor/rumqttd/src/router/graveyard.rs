@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::{
     connection::SubscriptionOptions,
     scheduler::{PauseReason, Tracker},
-    ConnectionEvents,
+    ConnectionEvents, DataRequest,
 };
 use crate::Filter;
 
@@ -68,6 +68,47 @@ impl Graveyard {
         })
     }
 
+    /// The requests of saved sessions (not past their expiry) outside shared groups, each
+    /// with its client id and the QoS of its subscription.
+    pub fn saved_requests(&self) -> impl Iterator<Item = (&str, &DataRequest, u8)> {
+        let now = Instant::now();
+        self.connections
+            .iter()
+            .filter(move |(_, saved)| !saved.expired(now))
+            .filter_map(|(id, saved)| Some((id, saved.session_state.as_ref()?)))
+            .flat_map(|(id, state)| {
+                state
+                    .tracker
+                    .data_requests
+                    .iter()
+                    .filter(|request| request.group.is_none())
+                    .map(move |request| (id.as_str(), request, state.qos(request)))
+            })
+    }
+
+    /// As [`Self::saved_requests`], to move their cursors.
+    pub fn saved_requests_mut(&mut self) -> impl Iterator<Item = (&str, &mut DataRequest, u8)> {
+        let now = Instant::now();
+        self.connections
+            .iter_mut()
+            .filter(move |(_, saved)| !saved.expired(now))
+            .filter_map(|(id, saved)| Some((id, saved.session_state.as_mut()?)))
+            .flat_map(|(id, state)| {
+                let options = &state.sub_options;
+                state
+                    .tracker
+                    .data_requests
+                    .iter_mut()
+                    .filter(|request| request.group.is_none())
+                    .map(move |request| {
+                        let qos = options
+                            .get(&request.filter)
+                            .map_or(request.qos, |options| options.qos);
+                        (id.as_str(), request, qos)
+                    })
+            })
+    }
+
     /// Save connection tracker
     pub fn save_state(
         &mut self,
@@ -125,6 +166,15 @@ pub struct SavedState {
 impl SavedState {
     fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+impl SessionState {
+    /// The QoS of the subscription a request reads for.
+    fn qos(&self, request: &DataRequest) -> u8 {
+        self.sub_options
+            .get(&request.filter)
+            .map_or(request.qos, |options| options.qos)
     }
 }
 

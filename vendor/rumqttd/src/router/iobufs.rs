@@ -1,6 +1,8 @@
 use std::{
     collections::{HashMap, VecDeque},
+    sync::atomic::{AtomicUsize, Ordering},
     sync::Arc,
+    time::Instant,
 };
 
 use flume::{Receiver, Sender};
@@ -26,6 +28,15 @@ pub struct Incoming {
     pub(crate) buffer: Arc<Mutex<VecDeque<Packet>>>,
     /// incoming metrics
     pub(crate) meter: IncomingMeter,
+    /// Packets held back, in order, while a log they go to is full of messages a durable
+    /// subscriber has yet to read (publishes and PUBRELs, and the SUBSCRIBEs and
+    /// UNSUBSCRIBEs behind them); acknowledgements and pings are not held
+    pub(crate) held: VecDeque<Packet>,
+    /// Bytes of the publishes held, shared with the link (its owner stops reading its client
+    /// while they are many)
+    pub(crate) held_bytes: Arc<AtomicUsize>,
+    /// Since when, and for which log, packets have been held
+    pub(crate) held_since: Option<(Instant, FilterIdx)>,
 }
 
 impl Incoming {
@@ -35,7 +46,23 @@ impl Incoming {
             buffer: Arc::new(Mutex::new(VecDeque::new())),
             meter: Default::default(),
             client_id,
+            held: VecDeque::new(),
+            held_bytes: Arc::new(AtomicUsize::new(0)),
+            held_since: None,
         }
+    }
+
+    /// Holds `packet` back behind those already held.
+    pub(crate) fn hold(&mut self, packet: Packet) {
+        self.held_bytes
+            .fetch_add(held_size(&packet), Ordering::Relaxed);
+        self.held.push_back(packet);
+    }
+
+    /// Takes the held packets (to process them again).
+    pub(crate) fn take_held(&mut self) -> VecDeque<Packet> {
+        self.held_bytes.store(0, Ordering::Relaxed);
+        std::mem::take(&mut self.held)
     }
 
     #[inline]
@@ -47,6 +74,14 @@ impl Incoming {
     pub(crate) fn exchange(&mut self, mut v: VecDeque<Packet>) -> VecDeque<Packet> {
         std::mem::swap(&mut v, &mut self.buffer.lock());
         v
+    }
+}
+
+/// What a held packet counts for: its topic and payload (other packets are small).
+fn held_size(packet: &Packet) -> usize {
+    match packet {
+        Packet::Publish(publish, _) => publish.topic.len() + publish.payload.len(),
+        _ => 4,
     }
 }
 
@@ -204,6 +239,15 @@ impl Outgoing {
         }
 
         Some(())
+    }
+
+    /// The oldest unacknowledged message of `filter_idx` in flight to this client.
+    pub fn oldest_inflight(&self, filter_idx: FilterIdx) -> Option<Cursor> {
+        self.inflight_buffer
+            .iter()
+            .filter(|(_, idx, _)| *idx == filter_idx)
+            .filter_map(|(_, _, cursor)| *cursor)
+            .min_by_key(|cursor| cursor.1)
     }
 
     /// The oldest unacknowledged cursor of each filter. Not necessarily the first in the

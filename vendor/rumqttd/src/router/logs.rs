@@ -210,6 +210,11 @@ impl DataLog {
         (filter_idx, data.log.next_offset())
     }
 
+    /// The index of a filter's log, if it has one.
+    pub fn filter_idx(&self, filter: &str) -> Option<FilterIdx> {
+        self.filter_indexes.get(filter).copied()
+    }
+
     /// Where the next message appended to this filter's log will be.
     pub fn native_next_offset(&self, filter_idx: FilterIdx) -> Option<(u64, u64)> {
         self.native
@@ -345,6 +350,11 @@ where
         }
     }
 
+    /// The filter this log is for.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
     /// Writes to all the filters that are mapped to this publish topic
     /// and wakes up consumers that are matching this topic (if they exist)
     pub fn append(
@@ -413,6 +423,11 @@ impl AckLog {
         let ack = Ack::PubComp(ack);
         self.committed.push_back(ack);
         self.recorded.pop_front()
+    }
+
+    /// The QoS 2 publish the next PUBREL releases into the log.
+    pub fn next_recorded(&self) -> Option<&(Publish, Option<PublishProperties>)> {
+        self.recorded.front()
     }
 
     pub fn pingresp(&mut self, ack: PingResp) {

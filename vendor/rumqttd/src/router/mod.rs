@@ -17,6 +17,7 @@ use crate::{
 
 mod alertlog;
 mod connection;
+pub mod durability;
 mod graveyard;
 pub mod iobufs;
 mod logs;

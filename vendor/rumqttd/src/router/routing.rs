@@ -10,16 +10,18 @@ use crate::router::scheduler::{PauseReason, Tracker};
 use crate::router::{ConnectionEvents, Forward};
 use crate::segments::Position;
 use crate::*;
-use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
+use flume::{bounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError};
 use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
+use std::sync::Arc;
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
 use super::alertlog::{Alert, AlertLog};
+use super::durability::{DropReason, Lag, NoObserver, Observer};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
 use super::logs::{AckLog, DataLog, PublishData};
@@ -106,6 +108,16 @@ pub struct Router {
     /// Number of the last publish appended (one number per publish, whatever the number of
     /// filters it is appended to)
     publish_seq: u64,
+    /// Reports drops, held publishers and the durable subscribers' lag
+    observer: Arc<dyn Observer>,
+    /// Connections with held packets, in the order they get another try
+    held: VecDeque<ConnectionId>,
+    /// Logs that are full of messages a durable subscriber has not read
+    blocked: HashSet<FilterIdx>,
+    last_release: Instant,
+    last_lag_report: Instant,
+    /// Shared groups whose drops have been logged
+    drops_logged_groups: HashSet<String>,
 }
 
 impl Router {
@@ -148,7 +160,19 @@ impl Router {
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
             publish_seq: 0,
+            observer: Arc::new(NoObserver),
+            held: VecDeque::new(),
+            blocked: HashSet::new(),
+            last_release: Instant::now(),
+            last_lag_report: Instant::now(),
+            drops_logged_groups: HashSet::new(),
         }
+    }
+
+    /// Reports the router's durability events (drops, held publishers, lag) to `observer`.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Router {
+        self.observer = observer;
+        self
     }
 
     /// Gets handle to the router. This is not a public method to ensure that link
@@ -201,8 +225,17 @@ impl Router {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            let (id, data) = self.router_rx.recv()?;
-            self.events(id, data);
+            // Not for ever: held publishers get another try, and the lag is reported.
+            let wait = if self.held.is_empty() {
+                LAG_INTERVAL
+            } else {
+                RELEASE_INTERVAL
+            };
+            match self.router_rx.recv_timeout(wait) {
+                Ok((id, data)) => self.events(id, data),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(RouterError::Disconnected),
+            }
         }
 
         // Try reading more from connections in a non-blocking
@@ -230,6 +263,13 @@ impl Router {
         // Poll 100 connections which are ready in ready queue
         for _ in 0..100 {
             self.consume();
+        }
+
+        if !self.held.is_empty() && self.last_release.elapsed() >= RELEASE_INTERVAL {
+            self.release_held();
+        }
+        if self.last_lag_report.elapsed() >= LAG_INTERVAL {
+            self.report_lag();
         }
 
         // self.send_all_alerts();
@@ -474,9 +514,16 @@ impl Router {
             outgoing.handle.try_send(()).ok();
         }
 
-        // Remove connection from router
+        // Remove connection from router; what it had held is dropped, unacknowledged.
         let mut connection = self.connections.remove(id);
-        let _incoming = self.ibufs.remove(id);
+        let incoming = self.ibufs.remove(id);
+        incoming
+            .held_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Some((since, _)) = incoming.held_since {
+            self.held.retain(|held| *held != id);
+            self.observer.released(&client_id, since.elapsed());
+        }
         let outgoing = self.obufs.remove(id);
         let mut tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
@@ -592,7 +639,6 @@ impl Router {
 
     /// Handles new incoming data on a topic
     fn handle_device_payload(&mut self, id: ConnectionId) {
-        // TODO: Retun errors and move error handling to the caller
         let incoming = match self.ibufs.get_mut(id) {
             Some(v) => v,
             None => {
@@ -606,378 +652,847 @@ impl Router {
         let _guard = span.enter();
 
         // Instead of exchanging, we should just append new incoming packets inside cache
-        let mut packets = incoming.exchange(self.cache.take().unwrap());
+        let mut packets = incoming.exchange(self.cache.take().unwrap_or_default());
+        let mut batch = Batch::default();
+        self.process_packets(id, packets.drain(..), &mut batch);
+        self.cache = Some(packets);
+        self.finish_batch(id, batch);
+    }
 
-        let mut force_ack = false;
-        let mut new_data = false;
-        let mut disconnect = false;
-        let mut disconnect_reason: Option<DisconnectReasonCode> = None;
-
-        // info!("{:15.15}[I] {:20} count = {}", client_id, "packets", packets.len());
-
-        for packet in packets.drain(0..) {
-            match packet {
-                Packet::Publish(publish, properties) => {
-                    let span = tracing::error_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
-                    let _guard = span.enter();
-
-                    let qos = publish.qos;
-                    let pkid = publish.pkid;
-
-                    // Prepare acks for the above publish
-                    // If any of the publish in the batch results in force flush,
-                    // set global force flush flag. Force flush is triggered when the
-                    // router is in instant ack more or connection data is from a replica
-                    //
-                    // TODO: handle multiple offsets
-                    //
-                    // The problem with multiple offsets is that when using replication with the current
-                    // architecture, a single publish might get appended to multiple commit logs, resulting in
-                    // multiple offsets (see `append_to_commitlog` function), meaning replicas will need to
-                    // coordinate using multiple offsets, and we don't have any idea how to do so right now.
-                    // Currently as we don't have replication, we just use a single offset, even when appending to
-                    // multiple commit logs.
-
-                    match qos {
-                        QoS::AtLeastOnce => {
-                            let puback = PubAck {
-                                pkid,
-                                reason: PubAckReason::Success,
-                            };
-
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.puback(puback);
-                            force_ack = true;
-                        }
-                        QoS::ExactlyOnce => {
-                            let pubrec = PubRec {
-                                pkid,
-                                reason: PubRecReason::Success,
-                            };
-
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.pubrec(publish, properties, pubrec);
-                            force_ack = true;
-                            continue;
-                        }
-                        QoS::AtMostOnce => {
-                            // Do nothing
-                        }
-                    };
-
-                    self.router_meters.total_publishes += 1;
-
-                    // Try to append publish to commitlog
-                    self.publish_seq += 1;
-                    match append_to_commitlog(
-                        id,
-                        publish.clone(),
-                        properties,
-                        self.publish_seq,
-                        &mut self.datalog,
-                        &mut self.notifications,
-                        &mut self.connections,
-                    ) {
-                        Ok(_offset) => {
-                            // Even if one of the data in the batch is appended to commitlog,
-                            // set new data. This triggers notifications to wake waiters.
-                            // Don't overwrite this flag to false if it is already true.
-                            new_data = true;
-                        }
-                        Err(e) => {
-                            // Disconnect on bad publishes
-                            error!(
-                                reason = ?e, "Failed to append to commitlog"
-                            );
-                            self.router_meters.failed_publishes += 1;
-                            disconnect = true;
-
-                            if let RouterError::Disconnect(code) = e {
-                                disconnect_reason = Some(code)
-                            }
-
-                            break;
-                        }
-                    };
-
-                    let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
-                    if let Err(e) = meter.register_publish(&publish) {
-                        error!(
-                            reason = ?e, "Failed to write to incoming meter"
-                        );
-                    };
-                }
-                Packet::Subscribe(mut subscribe, props) => {
-                    let mut return_codes = Vec::new();
-                    let pkid = subscribe.pkid;
-                    // let len = s.len();
-
-                    for f in &mut subscribe.filters {
-                        let span =
-                            tracing::info_span!("subscribe", topic = f.path, pkid = subscribe.pkid);
-                        let _guard = span.enter();
-
-                        info!("Adding subscription on topic {}", f.path);
-                        let connection = self.connections.get_mut(id).unwrap();
-
-                        if let Err(e) = validate_subscription(connection, f) {
-                            warn!(reason = ?e,"Subscription cannot be validated: {}", e);
-
-                            disconnect = true;
-                            break;
-                        }
-
-                        let mut filter = f.path.clone();
-                        let mut group = None;
-
-                        if let Some((grp, filter_path)) = extract_group(&f.path) {
-                            // A group shares one read cursor, so it must read one filter:
-                            // the same share name on two filters makes two groups.
-                            group = Some(format!("{grp}/{filter_path}"));
-                            filter = filter_path;
-                        };
-
-                        let subscription_id = props.as_ref().and_then(|p| p.id);
-
-                        if subscription_id == Some(0) {
-                            error!("Subscription identifier can't be 0");
-                            disconnect = true;
-                            disconnect_reason = Some(DisconnectReasonCode::ProtocolError);
-                            break;
-                        }
-
-                        let (idx, cursor) = self.datalog.next_native_offset(&filter);
-
-                        // in case of shared sub original_filter will be $share/group/topic
-                        // this is because we do want to treat is as diffrent subscription
-                        // and create DataRequest, while using the same datalog of "topic"
-                        // NOTE: topic & $share/group/topic will have same filteridx!
-                        self.prepare_filter(id, cursor, idx, f, group, subscription_id);
-
-                        let code = match f.qos {
-                            QoS::AtMostOnce => SubscribeReasonCode::QoS0,
-                            QoS::AtLeastOnce => SubscribeReasonCode::QoS1,
-                            QoS::ExactlyOnce => SubscribeReasonCode::QoS2,
-                        };
-
-                        return_codes.push(code);
-                    }
-
-                    // let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
-                    // meter.total_size += len;
-
-                    let suback = SubAck { pkid, return_codes };
-                    let ackslog = self.ackslog.get_mut(id).unwrap();
-                    ackslog.suback(suback);
-                    force_ack = true;
-                }
-                Packet::Unsubscribe(unsubscribe, _) => {
-                    let connection = self.connections.get_mut(id).unwrap();
-                    let pkid = unsubscribe.pkid;
-                    // One UNSUBACK for the whole packet, with a reason per filter (upstream
-                    // sent one per subscribed filter and none for a filter not subscribed).
-                    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
-                    for filter in &unsubscribe.filters {
-                        let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
-                        let _guard = span.enter();
-
-                        debug!("Removing subscription on filter {}", filter);
-                        let removed = self
-                            .subscription_map
-                            .get_mut(filter)
-                            .is_some_and(|connection_ids| connection_ids.remove(&id));
-                        if !removed || !connection.subscriptions.remove(filter) {
-                            reasons.push(UnsubAckReason::NoSubscriptionExisted);
-                            continue;
-                        }
-
-                        let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
-                        meter.unregister_subscription(filter);
-
-                        // Leave the group of this filter only (upstream left every
-                        // group and dropped every empty one, even groups whose members
-                        // are away with persistent sessions); drop it if it is empty
-                        // and no saved session will come back to it.
-                        let mut log_filter = filter.clone();
-                        if let Some((grp, filter_path)) = extract_group(filter) {
-                            let name = format!("{grp}/{filter_path}");
-                            if let Some(group) = self.shared_subscriptions.get_mut(&name) {
-                                group.remove_client(&client_id);
-                                if group.is_empty() && !self.graveyard.has_group_member(&name) {
-                                    self.shared_subscriptions.remove(&name);
-                                }
-                            }
-                            log_filter = filter_path;
-                        }
-
-                        if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
-                            broker_aliases.remove_alias(filter);
-                        }
-
-                        connection.sub_options.remove(filter);
-                        connection.resend_retained.remove(filter);
-                        self.scheduler.untrack(id, filter);
-                        self.datalog.remove_waiters_for_id(id, &log_filter, filter);
-                        reasons.push(UnsubAckReason::Success);
-                    }
-                    let unsuback = UnsubAck { pkid, reasons };
-                    let ackslog = self.ackslog.get_mut(id).unwrap();
-                    ackslog.unsuback(unsuback);
-                    force_ack = true;
-                }
-                Packet::PubAck(puback, _) => {
-                    let span = tracing::info_span!("puback", pkid = puback.pkid);
-                    let _guard = span.enter();
-
-                    let outgoing = self.obufs.get_mut(id).unwrap();
-                    let pkid = puback.pkid;
-                    if outgoing.register_ack(pkid).is_none() {
-                        error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
-                        disconnect = true;
-                        break;
-                    }
-
-                    self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
-                }
-                Packet::PubRec(pubrec, _) => {
-                    let span = tracing::info_span!("pubrec", pkid = pubrec.pkid);
-                    let _guard = span.enter();
-
-                    let outgoing = self.obufs.get_mut(id).unwrap();
-                    let pkid = pubrec.pkid;
-                    if outgoing.register_ack(pkid).is_none() {
-                        error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
-                        disconnect = true;
-                        break;
-                    }
-
-                    let ackslog = self.ackslog.get_mut(id).unwrap();
-                    let pubrel = PubRel {
-                        pkid: pubrec.pkid,
-                        reason: PubRelReason::Success,
-                    };
-
-                    outgoing.register_pubrec(pubrel.pkid);
-                    ackslog.pubrel(pubrel);
-                    self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
-                }
-                Packet::PubRel(pubrel, _) => {
-                    let span = tracing::info_span!("pubrel", pkid = pubrel.pkid);
-                    let _guard = span.enter();
-
-                    let ackslog = self.ackslog.get_mut(id).unwrap();
-                    let pubcomp = PubComp {
-                        pkid: pubrel.pkid,
-                        reason: PubCompReason::Success,
-                    };
-
-                    // NOTE: client can try to resend previously unacked pubrels
-                    // on reconnection ( with clean session false )
-                    // we try to retrive publish assuming broker saved the previous state
-                    // successfully in graveyard.
-                    let (publish, props) = match ackslog.pubcomp(pubcomp) {
-                        Some(v) => v,
-                        None => {
-                            disconnect = true;
-                            break;
-                        }
-                    };
-
-                    // Try to append publish to commitlog
-                    self.publish_seq += 1;
-                    match append_to_commitlog(
-                        id,
-                        publish,
-                        props,
-                        self.publish_seq,
-                        &mut self.datalog,
-                        &mut self.notifications,
-                        &mut self.connections,
-                    ) {
-                        Ok(_offset) => {
-                            // Even if one of the data in the batch is appended to commitlog,
-                            // set new data. This triggers notifications to wake waiters.
-                            // Don't overwrite this flag to false if it is already true.
-                            new_data = true;
-                        }
-                        Err(e) => {
-                            // Disconnect on bad publishes
-                            error!(
-                                reason = ?e, "Failed to append to commitlog"
-                            );
-                            self.router_meters.failed_publishes += 1;
-                            disconnect = true;
-                            break;
-                        }
-                    };
-                    self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
-                }
-                Packet::PubComp(pubcomp, _) => {
-                    let span = tracing::info_span!("pubcomp", pkid = pubcomp.pkid);
-                    let _guard = span.enter();
-
-                    let outgoing = self.obufs.get_mut(id).unwrap();
-                    let pkid = pubcomp.pkid;
-                    if outgoing.register_pubcomp(pkid).is_none() {
-                        error!(
-                            pkid,
-                            "ack received for pkid {}, but the pkid didn't exists!", pkid
-                        );
-                        disconnect = true;
-                        break;
-                    }
-                }
-                Packet::PingReq(_) => {
-                    let ackslog = self.ackslog.get_mut(id).unwrap();
-                    ackslog.pingresp(PingResp);
-
-                    force_ack = true;
-                }
-                Packet::Disconnect(_, properties) => {
-                    let span = tracing::info_span!("disconnect");
-                    let _guard = span.enter();
-                    disconnect = true;
-                    // MQTT 5: the client may change its session expiry when it leaves
-                    if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
-                        if let Some(connection) = self.connections.get_mut(id) {
-                            connection.session_expiry = expiry;
-                        }
-                    }
-                    // delete the last will message
-                    self.last_wills.remove(&client_id);
-                    break;
-                }
-                incoming => {
-                    warn!(packet=?incoming, "Unexpected packet received, ignoring the packet." );
-                }
+    /// Handles a connection's packets in order. While some are held (a log they go to is
+    /// full of messages a durable subscriber has not read), those that must stay behind them
+    /// are held too; acknowledgements, pings and DISCONNECT are handled at once, so that a
+    /// publisher that is also a subscriber keeps acknowledging what it receives.
+    fn process_packets(
+        &mut self,
+        id: ConnectionId,
+        packets: impl Iterator<Item = Packet>,
+        batch: &mut Batch,
+    ) {
+        for packet in packets {
+            let Some(incoming) = self.ibufs.get_mut(id) else {
+                return;
+            };
+            if !incoming.held.is_empty() && stays_in_order(&packet) {
+                incoming.hold(packet);
+                continue;
+            }
+            match self.handle_packet(id, packet, batch) {
+                Flow::Next => {}
+                Flow::Stop => break,
+                Flow::Wait(packet, filter_idx) => self.hold(id, packet, filter_idx),
             }
         }
+    }
 
-        self.cache = Some(packets);
+    /// Holds a packet that would overflow `filter_idx`'s log past a durable subscriber.
+    fn hold(&mut self, id: ConnectionId, packet: Packet, filter_idx: FilterIdx) {
+        let Some(incoming) = self.ibufs.get_mut(id) else {
+            return;
+        };
+        incoming.hold(packet);
+        if incoming.held_since.is_none() {
+            incoming.held_since = Some((Instant::now(), filter_idx));
+            self.held.push_back(id);
+            let filter = self
+                .datalog
+                .native
+                .get(filter_idx)
+                .map(|data| data.filter().as_str())
+                .unwrap_or_default();
+            debug!(
+                filter,
+                "publisher held: the log is full of unread durable messages"
+            );
+            self.observer.held(&incoming.client_id, filter);
+        } else if let Some((_, on)) = incoming.held_since.as_mut() {
+            *on = filter_idx;
+        }
+    }
 
+    /// Acks, wakes consumers of new data and disconnects, once the packets of a batch are
+    /// handled.
+    fn finish_batch(&mut self, id: ConnectionId, batch: Batch) {
         // Prepare AcksRequest in tracker if router is operating in a
         // single node mode or force ack request for subscriptions
-        if force_ack {
+        if batch.force_ack && self.scheduler.trackers.contains(id) {
             self.scheduler.reschedule(id, ScheduleReason::FreshData);
         }
 
         // Notify waiting consumers only if there is publish data. During
         // subscription, data request is added to data waiter. With out this
         // if condition, connection will be woken up even during subscription
-        if new_data {
+        if batch.new_data {
             // Prepare all the consumers which are waiting for new data
             while let Some((id, request)) = self.notifications.pop_front() {
-                self.scheduler.track(id, request);
-                self.scheduler.reschedule(id, ScheduleReason::FreshData);
+                if self.scheduler.trackers.contains(id) {
+                    self.scheduler.track(id, request);
+                    self.scheduler.reschedule(id, ScheduleReason::FreshData);
+                }
             }
         }
 
         // Incase BytesMut represents 10 packets, publish error/diconnect event
         // on say 5th packet should not block new data notifications for packets
         // 1 - 4. Hence we use a flag instead of diconnecting immediately
-        if disconnect {
-            self.handle_disconnection(id, disconnect_reason);
+        if batch.disconnect {
+            self.handle_disconnection(id, batch.disconnect_reason);
         }
+    }
+
+    /// Gives held connections another try, in turns, once their logs have room again.
+    fn release_held(&mut self) {
+        self.last_release = Instant::now();
+        self.graveyard.sweep(self.last_release);
+        let blocked: Vec<FilterIdx> = self.blocked.iter().copied().collect();
+        for filter_idx in blocked {
+            if !self.durable_reader_behind(filter_idx) {
+                self.blocked.remove(&filter_idx);
+            }
+        }
+        for _ in 0..self.held.len() {
+            let Some(id) = self.held.pop_front() else {
+                break;
+            };
+            let Some(incoming) = self.ibufs.get_mut(id) else {
+                continue;
+            };
+            let Some((since, filter_idx)) = incoming.held_since else {
+                continue;
+            };
+            if self.blocked.contains(&filter_idx) {
+                self.held.push_back(id);
+                continue;
+            }
+            let held = incoming.take_held();
+            let mut batch = Batch::default();
+            self.process_packets(id, held.into_iter(), &mut batch);
+            if let Some(incoming) = self.ibufs.get_mut(id) {
+                if incoming.held.is_empty() {
+                    incoming.held_since = None;
+                    self.observer.released(&incoming.client_id, since.elapsed());
+                } else {
+                    self.held.push_back(id);
+                }
+            }
+            self.finish_batch(id, batch);
+        }
+    }
+
+    /// Whether appending to `filter_idx`'s log must wait: it is full, and dropping its oldest
+    /// segment would drop messages a durable subscriber has not read (or acknowledged).
+    ///
+    /// This is the one place to change for a log that spills to disk: instead of waiting, the
+    /// oldest segment would be written out, and read back by the durable subscribers that
+    /// still need it.
+    fn must_wait(&mut self, filter_idx: FilterIdx) -> bool {
+        let Some(data) = self.datalog.native.get(filter_idx) else {
+            return false;
+        };
+        if !data.log.next_append_drops_head() {
+            return false;
+        }
+        if self.blocked.contains(&filter_idx) {
+            return true;
+        }
+        let behind = self.durable_reader_behind(filter_idx);
+        if behind {
+            self.blocked.insert(filter_idx);
+        }
+        behind
+    }
+
+    /// Whether a durable subscriber still needs the oldest segment of `filter_idx`'s log.
+    fn durable_reader_behind(&self, filter_idx: FilterIdx) -> bool {
+        let Some(data) = self.datalog.native.get(filter_idx) else {
+            return false;
+        };
+        if !data.log.next_append_drops_head() {
+            return false;
+        }
+        let (_, kept) = data.log.start_after_drop();
+        let mut behind = false;
+        self.durable_positions(Some(filter_idx), |_, _, position| {
+            behind |= position < kept;
+        });
+        behind
+    }
+
+    /// Whether a publish from `id` must wait for room in a log it goes to; if not, the
+    /// subscribers that are not durable are moved past the segment its append drops.
+    fn admit(
+        &mut self,
+        id: ConnectionId,
+        publish: &Publish,
+        properties: &Option<PublishProperties>,
+    ) -> Option<FilterIdx> {
+        let alias_topic;
+        let mut topic = &publish.topic[..];
+        if topic.is_empty() {
+            let alias = properties.as_ref().and_then(|p| p.topic_alias);
+            alias_topic = alias
+                .and_then(|alias| self.connections.get(id)?.topic_aliases.get(&alias).cloned());
+            topic = alias_topic
+                .as_deref()
+                .map(str::as_bytes)
+                .unwrap_or_default();
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return None;
+        };
+        let filter_idxs = self.datalog.matches(topic).unwrap_or_default();
+        for &filter_idx in &filter_idxs {
+            if self.must_wait(filter_idx) {
+                return Some(filter_idx);
+            }
+        }
+        for filter_idx in filter_idxs {
+            if self
+                .datalog
+                .native
+                .get(filter_idx)
+                .is_some_and(|data| data.log.next_append_drops_head())
+            {
+                self.skip_dropped_segment(filter_idx);
+            }
+        }
+        None
+    }
+
+    /// Visits the position of every durable subscriber (of `only`'s log, or of every log):
+    /// (subscriber, log, absolute offset of the oldest message it has not read or not
+    /// acknowledged).
+    fn durable_positions(
+        &self,
+        only: Option<FilterIdx>,
+        mut visit: impl FnMut(&str, FilterIdx, u64),
+    ) {
+        let wanted = |filter_idx: FilterIdx| only.is_none_or(|only| only == filter_idx);
+        // Live connections' requests: tracked, parked as caught up, or about to be woken.
+        let mut live: HashMap<(ConnectionId, FilterIdx), u64> = HashMap::new();
+        let connections = &self.connections;
+        let mut note = |id: ConnectionId, request: &DataRequest| {
+            if request.group.is_some() || !wanted(request.filter_idx) {
+                return;
+            }
+            let durable = connections.get(id).is_some_and(|connection| {
+                connection.session_expiry > 0 && subscription_qos(connection, request) > 0
+            });
+            if durable {
+                live.entry((id, request.filter_idx))
+                    .and_modify(|position| *position = (*position).min(request.cursor.1))
+                    .or_insert(request.cursor.1);
+            }
+        };
+        for (id, tracker) in self.scheduler.trackers.iter() {
+            tracker.data_requests.iter().for_each(|r| note(id, r));
+        }
+        match only {
+            Some(filter_idx) => {
+                if let Some(data) = self.datalog.native.get(filter_idx) {
+                    data.waiters
+                        .waiters()
+                        .iter()
+                        .for_each(|(id, r)| note(*id, r));
+                }
+            }
+            None => {
+                for (_, data) in self.datalog.native.iter() {
+                    data.waiters
+                        .waiters()
+                        .iter()
+                        .for_each(|(id, r)| note(*id, r));
+                }
+            }
+        }
+        self.notifications.iter().for_each(|(id, r)| note(*id, r));
+        for ((id, filter_idx), position) in live {
+            let Some(connection) = self.connections.get(id) else {
+                continue;
+            };
+            let inflight = self
+                .obufs
+                .get(id)
+                .and_then(|outgoing| outgoing.oldest_inflight(filter_idx))
+                .map_or(u64::MAX, |cursor| cursor.1);
+            visit(&connection.client_id, filter_idx, position.min(inflight));
+        }
+
+        // Saved sessions
+        for (client_id, request, qos) in self.graveyard.saved_requests() {
+            if qos > 0 && wanted(request.filter_idx) {
+                visit(client_id, request.filter_idx, request.cursor.1);
+            }
+        }
+
+        // Shared groups with a member whose session outlives its connection
+        for (name, group) in self.shared_subscriptions.iter() {
+            let Some((share, filter)) = name.split_once('/') else {
+                continue;
+            };
+            let Some(filter_idx) = self.datalog.filter_idx(filter) else {
+                continue;
+            };
+            if !wanted(filter_idx) {
+                continue;
+            }
+            let (durable, position) = self.group_position(name, group, filter_idx);
+            if durable {
+                visit(&format!("$share/{share}"), filter_idx, position);
+            }
+        }
+    }
+
+    /// Whether a shared group is durable, and the oldest message it has not read or not
+    /// acknowledged (its cursor, or older messages in flight to members with persistent
+    /// sessions, to which it rewinds when they leave).
+    fn group_position(
+        &self,
+        name: &str,
+        group: &SharedGroup,
+        filter_idx: FilterIdx,
+    ) -> (bool, u64) {
+        let subscription = format!("$share/{name}");
+        let mut durable = false;
+        let mut position = group.cursor.1;
+        for member in group.clients() {
+            let Some(&id) = self.connection_map.get(member) else {
+                continue;
+            };
+            let Some(connection) = self.connections.get(id) else {
+                continue;
+            };
+            if connection.session_expiry == 0 {
+                continue;
+            }
+            durable |= connection
+                .sub_options
+                .get(&subscription)
+                .is_some_and(|options| options.qos > 0);
+            if let Some(cursor) = self
+                .obufs
+                .get(id)
+                .and_then(|o| o.oldest_inflight(filter_idx))
+            {
+                position = position.min(cursor.1);
+            }
+        }
+        (durable || self.graveyard.has_group_member(name), position)
+    }
+
+    /// Moves the subscribers of `filter_idx`'s log that are not durable and still in its
+    /// oldest segment past it (it is about to be dropped), and reports what they lose.
+    fn skip_dropped_segment(&mut self, filter_idx: FilterIdx) {
+        let Some(data) = self.datalog.native.get_mut(filter_idx) else {
+            return;
+        };
+        let next = data.log.start_after_drop();
+        let filter = data.filter().clone();
+        // (subscriber, connection or group, messages skipped, reason)
+        let mut skipped: Vec<(String, Skipped, u64, DropReason)> = Vec::new();
+        let connections = &self.connections;
+        let mut skip = |id: ConnectionId, request: &mut DataRequest| {
+            if request.group.is_some()
+                || request.filter_idx != filter_idx
+                || request.cursor.1 >= next.1
+            {
+                return;
+            }
+            let Some(connection) = connections.get(id) else {
+                return;
+            };
+            let reason = if connection.session_expiry == 0 {
+                DropReason::CleanSession
+            } else if subscription_qos(connection, request) == 0 {
+                DropReason::Qos0
+            } else {
+                DropReason::Durable
+            };
+            skipped.push((
+                connection.client_id.clone(),
+                Skipped::Connection(id),
+                next.1 - request.cursor.1,
+                reason,
+            ));
+            request.cursor = next;
+        };
+        for (id, tracker) in self.scheduler.trackers.iter_mut() {
+            tracker.data_requests.iter_mut().for_each(|r| skip(id, r));
+        }
+        for (id, request) in data.waiters.get_mut().iter_mut() {
+            skip(*id, request);
+        }
+        for (id, request) in self.notifications.iter_mut() {
+            skip(*id, request);
+        }
+        for (client_id, request, qos) in self.graveyard.saved_requests_mut() {
+            if request.filter_idx == filter_idx && request.cursor.1 < next.1 {
+                let reason = if qos == 0 {
+                    DropReason::Qos0
+                } else {
+                    DropReason::Durable
+                };
+                skipped.push((
+                    client_id.to_owned(),
+                    Skipped::Saved,
+                    next.1 - request.cursor.1,
+                    reason,
+                ));
+                request.cursor = next;
+            }
+        }
+        let groups: Vec<String> = self
+            .shared_subscriptions
+            .iter()
+            .filter(|(name, group)| {
+                name.split_once('/').map(|(_, f)| f) == Some(filter.as_str())
+                    && group.cursor.1 < next.1
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in groups {
+            let Some(group) = self.shared_subscriptions.get(&name) else {
+                continue;
+            };
+            let (durable, _) = self.group_position(&name, group, filter_idx);
+            let Some(group) = self.shared_subscriptions.get_mut(&name) else {
+                continue;
+            };
+            let share = name
+                .split_once('/')
+                .map_or(name.as_str(), |(share, _)| share);
+            skipped.push((
+                format!("$share/{share}"),
+                Skipped::Group(name.clone()),
+                next.1 - group.cursor.1,
+                if durable {
+                    DropReason::Durable
+                } else {
+                    DropReason::CleanSession
+                },
+            ));
+            group.cursor = next;
+        }
+
+        for (subscriber, whose, count, reason) in skipped {
+            self.report_dropped(&subscriber, whose, &filter, count, reason);
+        }
+    }
+
+    /// Reports messages skipped for a subscriber, and logs it the first time.
+    fn report_dropped(
+        &mut self,
+        subscriber: &str,
+        whose: Skipped,
+        filter: &str,
+        count: u64,
+        reason: DropReason,
+    ) {
+        if count == 0 {
+            return;
+        }
+        let first = match whose {
+            Skipped::Connection(id) => self
+                .connections
+                .get_mut(id)
+                .is_some_and(|c| !std::mem::replace(&mut c.drops_logged, true)),
+            Skipped::Group(name) => self.drops_logged_groups.insert(name),
+            Skipped::Saved => true,
+        };
+        if reason == DropReason::Durable {
+            error!(
+                subscriber,
+                filter, count, "messages of a durable subscriber were dropped from the log"
+            );
+        }
+        self.observer
+            .dropped(subscriber, filter, count, reason, first);
+    }
+
+    /// Reports how far behind the durable subscribers are.
+    fn report_lag(&mut self) {
+        self.last_lag_report = Instant::now();
+        let mut lags: Vec<Lag> = Vec::new();
+        self.durable_positions(None, |subscriber, filter_idx, position| {
+            let Some(data) = self.datalog.native.get(filter_idx) else {
+                return;
+            };
+            let next = data.log.next_offset().1;
+            let messages = next.saturating_sub(position.max(data.log.start_offset()));
+            if messages > 0 {
+                lags.push(Lag {
+                    subscriber: subscriber.to_owned(),
+                    filter: data.filter().clone(),
+                    messages,
+                });
+            }
+        });
+        self.observer.lag(&lags);
+    }
+
+    /// Handles one packet of a connection.
+    fn handle_packet(&mut self, id: ConnectionId, packet: Packet, batch: &mut Batch) -> Flow {
+        let client_id = match self.ibufs.get(id) {
+            Some(incoming) => incoming.client_id.clone(),
+            None => return Flow::Stop,
+        };
+        match packet {
+            Packet::Publish(publish, properties) => {
+                let span =
+                    tracing::error_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
+                let _guard = span.enter();
+
+                let qos = publish.qos;
+                let pkid = publish.pkid;
+
+                // No room in a log this goes to: held, unacknowledged (a QoS 2 publish is
+                // kept until its PUBREL, which is held then).
+                if qos != QoS::ExactlyOnce {
+                    if let Some(filter_idx) = self.admit(id, &publish, &properties) {
+                        return Flow::Wait(Packet::Publish(publish, properties), filter_idx);
+                    }
+                }
+
+                // Prepare acks for the above publish
+                // If any of the publish in the batch results in force flush,
+                // set global force flush flag. Force flush is triggered when the
+                // router is in instant ack more or connection data is from a replica
+                //
+                // TODO: handle multiple offsets
+                //
+                // The problem with multiple offsets is that when using replication with the current
+                // architecture, a single publish might get appended to multiple commit logs, resulting in
+                // multiple offsets (see `append_to_commitlog` function), meaning replicas will need to
+                // coordinate using multiple offsets, and we don't have any idea how to do so right now.
+                // Currently as we don't have replication, we just use a single offset, even when appending to
+                // multiple commit logs.
+
+                match qos {
+                    QoS::AtLeastOnce => {
+                        let puback = PubAck {
+                            pkid,
+                            reason: PubAckReason::Success,
+                        };
+
+                        let ackslog = self.ackslog.get_mut(id).unwrap();
+                        ackslog.puback(puback);
+                        batch.force_ack = true;
+                    }
+                    QoS::ExactlyOnce => {
+                        let pubrec = PubRec {
+                            pkid,
+                            reason: PubRecReason::Success,
+                        };
+
+                        let ackslog = self.ackslog.get_mut(id).unwrap();
+                        ackslog.pubrec(publish, properties, pubrec);
+                        batch.force_ack = true;
+                        return Flow::Next;
+                    }
+                    QoS::AtMostOnce => {
+                        // Do nothing
+                    }
+                };
+
+                self.router_meters.total_publishes += 1;
+
+                // Try to append publish to commitlog
+                self.publish_seq += 1;
+                match append_to_commitlog(
+                    id,
+                    publish.clone(),
+                    properties,
+                    self.publish_seq,
+                    &mut self.datalog,
+                    &mut self.notifications,
+                    &mut self.connections,
+                ) {
+                    Ok(_offset) => {
+                        // Even if one of the data in the batch is appended to commitlog,
+                        // set new data. This triggers notifications to wake waiters.
+                        // Don't overwrite this flag to false if it is already true.
+                        batch.new_data = true;
+                    }
+                    Err(e) => {
+                        // Disconnect on bad publishes
+                        error!(
+                            reason = ?e, "Failed to append to commitlog"
+                        );
+                        self.router_meters.failed_publishes += 1;
+                        batch.disconnect = true;
+
+                        if let RouterError::Disconnect(code) = e {
+                            batch.disconnect_reason = Some(code)
+                        }
+
+                        return Flow::Stop;
+                    }
+                };
+
+                let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
+                if let Err(e) = meter.register_publish(&publish) {
+                    error!(
+                        reason = ?e, "Failed to write to incoming meter"
+                    );
+                };
+            }
+            Packet::Subscribe(mut subscribe, props) => {
+                let mut return_codes = Vec::new();
+                let pkid = subscribe.pkid;
+                // let len = s.len();
+
+                for f in &mut subscribe.filters {
+                    let span =
+                        tracing::info_span!("subscribe", topic = f.path, pkid = subscribe.pkid);
+                    let _guard = span.enter();
+
+                    info!("Adding subscription on topic {}", f.path);
+                    let connection = self.connections.get_mut(id).unwrap();
+
+                    if let Err(e) = validate_subscription(connection, f) {
+                        warn!(reason = ?e,"Subscription cannot be validated: {}", e);
+
+                        batch.disconnect = true;
+                        break;
+                    }
+
+                    let mut filter = f.path.clone();
+                    let mut group = None;
+
+                    if let Some((grp, filter_path)) = extract_group(&f.path) {
+                        // A group shares one read cursor, so it must read one filter:
+                        // the same share name on two filters makes two groups.
+                        group = Some(format!("{grp}/{filter_path}"));
+                        filter = filter_path;
+                    };
+
+                    let subscription_id = props.as_ref().and_then(|p| p.id);
+
+                    if subscription_id == Some(0) {
+                        error!("Subscription identifier can't be 0");
+                        batch.disconnect = true;
+                        batch.disconnect_reason = Some(DisconnectReasonCode::ProtocolError);
+                        break;
+                    }
+
+                    let (idx, cursor) = self.datalog.next_native_offset(&filter);
+
+                    // in case of shared sub original_filter will be $share/group/topic
+                    // this is because we do want to treat is as diffrent subscription
+                    // and create DataRequest, while using the same datalog of "topic"
+                    // NOTE: topic & $share/group/topic will have same filteridx!
+                    self.prepare_filter(id, cursor, idx, f, group, subscription_id);
+
+                    let code = match f.qos {
+                        QoS::AtMostOnce => SubscribeReasonCode::QoS0,
+                        QoS::AtLeastOnce => SubscribeReasonCode::QoS1,
+                        QoS::ExactlyOnce => SubscribeReasonCode::QoS2,
+                    };
+
+                    return_codes.push(code);
+                }
+
+                // let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
+                // meter.total_size += len;
+
+                let suback = SubAck { pkid, return_codes };
+                let ackslog = self.ackslog.get_mut(id).unwrap();
+                ackslog.suback(suback);
+                batch.force_ack = true;
+            }
+            Packet::Unsubscribe(unsubscribe, _) => {
+                let connection = self.connections.get_mut(id).unwrap();
+                let pkid = unsubscribe.pkid;
+                // One UNSUBACK for the whole packet, with a reason per filter (upstream
+                // sent one per subscribed filter and none for a filter not subscribed).
+                let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+                for filter in &unsubscribe.filters {
+                    let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
+                    let _guard = span.enter();
+
+                    debug!("Removing subscription on filter {}", filter);
+                    let removed = self
+                        .subscription_map
+                        .get_mut(filter)
+                        .is_some_and(|connection_ids| connection_ids.remove(&id));
+                    if !removed || !connection.subscriptions.remove(filter) {
+                        reasons.push(UnsubAckReason::NoSubscriptionExisted);
+                        continue;
+                    }
+
+                    let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
+                    meter.unregister_subscription(filter);
+
+                    // Leave the group of this filter only (upstream left every
+                    // group and dropped every empty one, even groups whose members
+                    // are away with persistent sessions); drop it if it is empty
+                    // and no saved session will come back to it.
+                    let mut log_filter = filter.clone();
+                    if let Some((grp, filter_path)) = extract_group(filter) {
+                        let name = format!("{grp}/{filter_path}");
+                        if let Some(group) = self.shared_subscriptions.get_mut(&name) {
+                            group.remove_client(&client_id);
+                            if group.is_empty() && !self.graveyard.has_group_member(&name) {
+                                self.shared_subscriptions.remove(&name);
+                            }
+                        }
+                        log_filter = filter_path;
+                    }
+
+                    if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
+                        broker_aliases.remove_alias(filter);
+                    }
+
+                    connection.sub_options.remove(filter);
+                    connection.resend_retained.remove(filter);
+                    self.scheduler.untrack(id, filter);
+                    self.datalog.remove_waiters_for_id(id, &log_filter, filter);
+                    reasons.push(UnsubAckReason::Success);
+                }
+                let unsuback = UnsubAck { pkid, reasons };
+                let ackslog = self.ackslog.get_mut(id).unwrap();
+                ackslog.unsuback(unsuback);
+                batch.force_ack = true;
+            }
+            Packet::PubAck(puback, _) => {
+                let span = tracing::info_span!("puback", pkid = puback.pkid);
+                let _guard = span.enter();
+
+                let outgoing = self.obufs.get_mut(id).unwrap();
+                let pkid = puback.pkid;
+                if outgoing.register_ack(pkid).is_none() {
+                    error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
+                    batch.disconnect = true;
+                    return Flow::Stop;
+                }
+
+                self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
+            }
+            Packet::PubRec(pubrec, _) => {
+                let span = tracing::info_span!("pubrec", pkid = pubrec.pkid);
+                let _guard = span.enter();
+
+                let outgoing = self.obufs.get_mut(id).unwrap();
+                let pkid = pubrec.pkid;
+                if outgoing.register_ack(pkid).is_none() {
+                    error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
+                    batch.disconnect = true;
+                    return Flow::Stop;
+                }
+
+                let ackslog = self.ackslog.get_mut(id).unwrap();
+                let pubrel = PubRel {
+                    pkid: pubrec.pkid,
+                    reason: PubRelReason::Success,
+                };
+
+                outgoing.register_pubrec(pubrel.pkid);
+                ackslog.pubrel(pubrel);
+                self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
+            }
+            Packet::PubRel(pubrel, props) => {
+                let span = tracing::info_span!("pubrel", pkid = pubrel.pkid);
+                let _guard = span.enter();
+
+                // The QoS 2 message this releases waits for room like any publish.
+                let waiting = self
+                    .ackslog
+                    .get(id)
+                    .and_then(|ackslog| ackslog.next_recorded())
+                    .cloned();
+                if let Some((publish, properties)) = waiting {
+                    if let Some(filter_idx) = self.admit(id, &publish, &properties) {
+                        return Flow::Wait(Packet::PubRel(pubrel, props), filter_idx);
+                    }
+                }
+
+                let ackslog = self.ackslog.get_mut(id).unwrap();
+                let pubcomp = PubComp {
+                    pkid: pubrel.pkid,
+                    reason: PubCompReason::Success,
+                };
+
+                // NOTE: client can try to resend previously unacked pubrels
+                // on reconnection ( with clean session false )
+                // we try to retrive publish assuming broker saved the previous state
+                // successfully in graveyard.
+                let (publish, props) = match ackslog.pubcomp(pubcomp) {
+                    Some(v) => v,
+                    None => {
+                        batch.disconnect = true;
+                        return Flow::Stop;
+                    }
+                };
+
+                // Try to append publish to commitlog
+                self.publish_seq += 1;
+                match append_to_commitlog(
+                    id,
+                    publish,
+                    props,
+                    self.publish_seq,
+                    &mut self.datalog,
+                    &mut self.notifications,
+                    &mut self.connections,
+                ) {
+                    Ok(_offset) => {
+                        // Even if one of the data in the batch is appended to commitlog,
+                        // set new data. This triggers notifications to wake waiters.
+                        // Don't overwrite this flag to false if it is already true.
+                        batch.new_data = true;
+                    }
+                    Err(e) => {
+                        // Disconnect on bad publishes
+                        error!(
+                            reason = ?e, "Failed to append to commitlog"
+                        );
+                        self.router_meters.failed_publishes += 1;
+                        batch.disconnect = true;
+                        return Flow::Stop;
+                    }
+                };
+                self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
+            }
+            Packet::PubComp(pubcomp, _) => {
+                let span = tracing::info_span!("pubcomp", pkid = pubcomp.pkid);
+                let _guard = span.enter();
+
+                let outgoing = self.obufs.get_mut(id).unwrap();
+                let pkid = pubcomp.pkid;
+                if outgoing.register_pubcomp(pkid).is_none() {
+                    error!(
+                        pkid,
+                        "ack received for pkid {}, but the pkid didn't exists!", pkid
+                    );
+                    batch.disconnect = true;
+                    return Flow::Stop;
+                }
+            }
+            Packet::PingReq(_) => {
+                let ackslog = self.ackslog.get_mut(id).unwrap();
+                ackslog.pingresp(PingResp);
+
+                batch.force_ack = true;
+            }
+            Packet::Disconnect(_, properties) => {
+                let span = tracing::info_span!("disconnect");
+                let _guard = span.enter();
+                batch.disconnect = true;
+                // MQTT 5: the client may change its session expiry when it leaves
+                if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
+                    if let Some(connection) = self.connections.get_mut(id) {
+                        connection.session_expiry = expiry;
+                    }
+                }
+                // delete the last will message
+                self.last_wills.remove(&client_id);
+                return Flow::Stop;
+            }
+            incoming => {
+                warn!(packet=?incoming, "Unexpected packet received, ignoring the packet." );
+            }
+        }
+        Flow::Next
     }
 
     /// Apply filter and prepare this connection to receive subscription data
@@ -1079,6 +1594,51 @@ impl Router {
     /// To activate a connection, first connection's tracker is fetched and
     /// all the requests are handled.
     fn consume(&mut self) -> Option<()> {
+        let mut jumped = Vec::new();
+        let consumed = self.consume_into(&mut jumped);
+        // Messages a reader skipped because they had left the log already (its cursor was
+        // not moved when they were dropped).
+        for (id, subscriber, filter, group, count) in jumped {
+            let (whose, reason) = match group {
+                Some(name) => {
+                    let durable = match (
+                        self.shared_subscriptions.get(&name),
+                        self.datalog.filter_idx(&filter),
+                    ) {
+                        (Some(group), Some(filter_idx)) => {
+                            self.group_position(&name, group, filter_idx).0
+                        }
+                        _ => false,
+                    };
+                    let reason = if durable {
+                        DropReason::Durable
+                    } else {
+                        DropReason::CleanSession
+                    };
+                    (Skipped::Group(name), reason)
+                }
+                None => {
+                    let reason = match self.connections.get(id) {
+                        Some(c) if c.session_expiry == 0 => DropReason::CleanSession,
+                        Some(c) if c.sub_options.get(&filter).is_some_and(|o| o.qos == 0) => {
+                            DropReason::Qos0
+                        }
+                        _ => DropReason::Durable,
+                    };
+                    (Skipped::Connection(id), reason)
+                }
+            };
+            self.report_dropped(&subscriber, whose, &filter, count, reason);
+        }
+        consumed
+    }
+
+    /// [`Self::consume`], noting the readers whose cursor jumped ahead: (connection,
+    /// subscriber, log filter, group, messages skipped).
+    fn consume_into(
+        &mut self,
+        jumped: &mut Vec<(ConnectionId, String, Filter, Option<String>, u64)>,
+    ) -> Option<()> {
         let (id, mut requests) = self.scheduler.poll()?;
 
         let span = tracing::info_span!("[<] outgoing", connection_id = id);
@@ -1134,14 +1694,29 @@ impl Router {
                 .as_ref()
                 .and_then(|name| self.shared_subscriptions.get_mut(name));
 
-            match forward_device_data(
+            let mut skipped = 0;
+            let status = forward_device_data(
                 &mut request,
                 datalog,
                 outgoing,
                 alertlog,
                 connection,
                 shared_group,
-            ) {
+                &mut skipped,
+            );
+            if skipped > 0 {
+                let filter = datalog
+                    .native
+                    .get(request.filter_idx)
+                    .map(|data| data.filter().clone())
+                    .unwrap_or_default();
+                let subscriber = match request.group.as_deref().and_then(|g| g.split_once('/')) {
+                    Some((share, _)) => format!("$share/{share}"),
+                    None => connection.client_id.clone(),
+                };
+                jumped.push((id, subscriber, filter, request.group.clone(), skipped));
+            }
+            match status {
                 ConsumeStatus::BufferFull => {
                     requests.push_back(request);
                     self.scheduler.pause(id, PauseReason::Busy);
@@ -1509,6 +2084,55 @@ enum ConsumeStatus {
     SkipRequest,
 }
 
+/// What became of a packet of a connection.
+enum Flow {
+    /// Handled: on to the next one.
+    Next,
+    /// The connection is to be dropped: no more of its packets.
+    Stop,
+    /// Held back: a log it goes to has no room yet.
+    Wait(Packet, FilterIdx),
+}
+
+/// What a batch of a connection's packets calls for once handled.
+#[derive(Default)]
+struct Batch {
+    force_ack: bool,
+    new_data: bool,
+    disconnect: bool,
+    disconnect_reason: Option<DisconnectReasonCode>,
+}
+
+/// Whose cursor was moved past a dropped segment.
+enum Skipped {
+    Connection(ConnectionId),
+    Saved,
+    Group(String),
+}
+
+/// Packets that stay behind a held publish of the same connection: other publishes, and
+/// subscriptions, whose order against the publishes matters. Acknowledgements, pings and
+/// DISCONNECT go on.
+fn stays_in_order(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::Publish(..) | Packet::PubRel(..) | Packet::Subscribe(..) | Packet::Unsubscribe(..)
+    )
+}
+
+/// The QoS of the subscription a request reads for.
+fn subscription_qos(connection: &Connection, request: &DataRequest) -> u8 {
+    connection
+        .sub_options
+        .get(&request.filter)
+        .map_or(request.qos, |options| options.qos)
+}
+
+/// How often held publishers are given another try.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(2);
+/// How often the durable subscribers' lag is reported.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Messages a shared group's member reads in one turn under round robin.
 const SHARED_CHUNK: u64 = 16;
 
@@ -1525,6 +2149,7 @@ fn forward_device_data(
     alertlog: &mut AlertLog,
     connection: &mut Connection,
     shared_group: Option<&mut SharedGroup>,
+    skipped: &mut u64,
 ) -> ConsumeStatus {
     let span = tracing::info_span!("outgoing_publish", client_id = outgoing.client_id);
     let _guard = span.enter();
@@ -1707,6 +2332,7 @@ fn forward_device_data(
             error
         );
 
+        *skipped = start.1.saturating_sub(request.cursor.1);
         let alert = alert::cursorjump(&outgoing.client_id, &request.filter, 0);
         alertlog.log(alert);
     }
@@ -3096,6 +3722,171 @@ mod mqtt5_tests {
                     UnsubAckReason::NoSubscriptionExisted
                 ]
             }]
+        );
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::shared_group_tests::{connect, send, settle, Client};
+    use super::*;
+    use crate::protocol::{Filter as SubscribeFilter, Subscribe};
+    use crate::router::Ack;
+    use std::sync::Mutex;
+
+    /// Drops reported to the observer: (subscriber, count, reason, first).
+    #[derive(Default)]
+    struct Drops(Mutex<Vec<(String, u64, DropReason, bool)>>);
+
+    impl Observer for Drops {
+        fn dropped(&self, subscriber: &str, _: &str, count: u64, reason: DropReason, first: bool) {
+            if let Ok(mut drops) = self.0.lock() {
+                drops.push((subscriber.to_owned(), count, reason, first));
+            }
+        }
+    }
+
+    /// A router whose logs hold two segments of 1 KiB: about 20 messages of 100 bytes.
+    fn small_router(observer: Arc<Drops>) -> Router {
+        Router::new(
+            0,
+            RouterConfig {
+                max_connections: 10,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1024,
+                max_segment_count: 2,
+                ..Default::default()
+            },
+        )
+        .observer(observer)
+    }
+
+    fn subscribe(router: &mut Router, client: &Client, qos: QoS) {
+        let filter = SubscribeFilter {
+            path: "t".to_owned(),
+            qos,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::Never,
+        };
+        let subscribe = Subscribe {
+            pkid: 1,
+            filters: vec![filter],
+        };
+        send(router, client, Packet::Subscribe(subscribe, None));
+    }
+
+    fn payload(n: usize) -> String {
+        format!("{n:04}{}", "x".repeat(96))
+    }
+
+    fn publish(router: &mut Router, client: &Client, n: usize) {
+        let mut publish = Publish::new(b"t".to_vec(), payload(n).into_bytes(), false);
+        publish.qos = QoS::AtLeastOnce;
+        publish.pkid = (n % 60_000) as u16 + 1;
+        send(router, client, Packet::Publish(publish, None));
+    }
+
+    /// The PUBACKs a client got so far (taken from its buffer).
+    fn pubacks(client: &Client) -> usize {
+        client
+            .outgoing
+            .lock()
+            .drain(..)
+            .filter(|n| matches!(n, Notification::DeviceAck(Ack::PubAck(_))))
+            .count()
+    }
+
+    /// The messages forwarded to a client so far (taken from its buffer): (pkid, number).
+    fn forwards(client: &Client) -> Vec<(u16, usize)> {
+        client
+            .outgoing
+            .lock()
+            .drain(..)
+            .filter_map(|notification| match notification {
+                Notification::Forward(forward) => {
+                    let text = String::from_utf8_lossy(&forward.publish.payload);
+                    Some((forward.publish.pkid, text[..4].parse().ok()?))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_log_holds_its_publishers_until_the_durable_subscriber_has_read() {
+        let drops = Arc::new(Drops::default());
+        let mut router = small_router(drops.clone());
+        let subscriber = connect(&mut router, "s", false);
+        subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+        router.events(subscriber.id, Event::Disconnect);
+
+        let publisher = connect(&mut router, "p", true);
+        pubacks(&publisher);
+        for n in 0..100 {
+            publish(&mut router, &publisher, n);
+        }
+        let acked = pubacks(&publisher);
+        assert!(
+            (10..50).contains(&acked),
+            "the log holds about 20 messages: {acked} acknowledged"
+        );
+        assert_eq!(router.held.len(), 1, "the publisher is held");
+
+        // The subscriber comes back and reads, acknowledging as it goes.
+        let subscriber = connect(&mut router, "s", false);
+        let mut received = Vec::new();
+        for _ in 0..100 {
+            settle(&mut router);
+            let got = forwards(&subscriber);
+            for (pkid, _) in &got {
+                let ack = PubAck {
+                    pkid: *pkid,
+                    reason: PubAckReason::Success,
+                };
+                send(&mut router, &subscriber, Packet::PubAck(ack, None));
+            }
+            received.extend(got.into_iter().map(|(_, n)| n));
+            router.release_held();
+            if received.len() == 100 {
+                break;
+            }
+        }
+        assert_eq!(received, (0..100).collect::<Vec<_>>());
+        settle(&mut router);
+        assert_eq!(acked + pubacks(&publisher), 100);
+        assert!(router.held.is_empty());
+        assert!(drops.0.lock().map(|d| d.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn a_clean_subscriber_that_falls_behind_loses_counted_messages() {
+        let drops = Arc::new(Drops::default());
+        let mut router = small_router(drops.clone());
+        // Never reads: paused once its buffer is full.
+        let stalled = connect(&mut router, "c", true);
+        subscribe(&mut router, &stalled, QoS::AtMostOnce);
+        let publisher = connect(&mut router, "p", true);
+        for n in 0..500 {
+            publish(&mut router, &publisher, n);
+        }
+        settle(&mut router);
+        assert!(
+            router.held.is_empty(),
+            "nothing durable holds the publisher"
+        );
+        let delivered = forwards(&stalled).len();
+        let drops = drops.0.lock().map(|d| d.clone()).unwrap_or_default();
+        let dropped: u64 = drops.iter().map(|(_, count, _, _)| count).sum();
+        assert!(dropped > 0, "{delivered} delivered, nothing dropped");
+        assert!(delivered as u64 + dropped <= 500);
+        assert!(drops
+            .iter()
+            .all(|(who, _, reason, _)| who == "c" && *reason == DropReason::CleanSession));
+        assert_eq!(
+            drops.iter().filter(|(_, _, _, first)| *first).count(),
+            1,
+            "logged once: {drops:?}"
         );
     }
 }

@@ -28,6 +28,11 @@ impl SharedGroup {
         self.clients.get(self.current_client_index)
     }
 
+    /// The members' client ids.
+    pub fn clients(&self) -> &[String] {
+        &self.clients
+    }
+
     pub fn contains(&self, client: &str) -> bool {
         self.clients.iter().any(|c| c == client)
     }

@@ -162,6 +162,29 @@ where
         }
     }
 
+    /// Whether the next append drops the oldest segment (the log is full).
+    pub fn next_append_drops_head(&self) -> bool {
+        self.active_segment().size() >= self.max_segment_size as u64
+            && self.memory_segments_count() >= self.max_mem_segments
+    }
+
+    /// Where the log will start once its oldest segment is dropped: the cursor of the first
+    /// message kept (with a single segment, the next one appended).
+    pub fn start_after_drop(&self) -> (u64, u64) {
+        let offset = match self.segments.get(1) {
+            Some(segment) => segment.absolute_offset,
+            None => self.active_segment().next_offset(),
+        };
+        (self.head + 1, offset)
+    }
+
+    /// The absolute offset of the oldest message in the log.
+    pub fn start_offset(&self) -> u64 {
+        self.segments
+            .front()
+            .map_or(0, |segment| segment.absolute_offset)
+    }
+
     #[inline]
     pub fn last(&self) -> Option<T> {
         self.active_segment().last()
