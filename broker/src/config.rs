@@ -82,7 +82,8 @@ pub struct HttpConfig {
 pub struct RouterConfig {
     /// Bytes per segment of each subscribed filter's log.
     pub max_segment_size: usize,
-    /// Segments kept per filter; the oldest is dropped when full.
+    /// Segments kept per filter; the oldest is dropped when full, unless a durable
+    /// subscriber has not read it (then the filter's publishers wait).
     pub max_segment_count: usize,
     /// Messages sent to one connection per scheduling round.
     pub max_outgoing_packet_count: u64,

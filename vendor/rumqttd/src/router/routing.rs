@@ -116,8 +116,9 @@ pub struct Router {
     blocked: HashSet<FilterIdx>,
     last_release: Instant,
     last_lag_report: Instant,
-    /// Shared groups whose drops have been logged
-    drops_logged_groups: HashSet<String>,
+    /// Shared groups and saved sessions whose drops have been logged (a live connection has
+    /// its own flag)
+    drops_logged: HashSet<String>,
 }
 
 impl Router {
@@ -165,7 +166,7 @@ impl Router {
             blocked: HashSet::new(),
             last_release: Instant::now(),
             last_lag_report: Instant::now(),
-            drops_logged_groups: HashSet::new(),
+            drops_logged: HashSet::new(),
         }
     }
 
@@ -344,6 +345,9 @@ impl Router {
             // let message = Notification::ConnectionAck(ack);
             return;
         }
+
+        // A resumed session's drops are logged again, as a live connection's.
+        self.drops_logged.remove(&format!("session {client_id}"));
 
         // Retrieve previous connection state from graveyard (sessions past their expiry are
         // forgotten first)
@@ -1096,8 +1100,8 @@ impl Router {
                 .connections
                 .get_mut(id)
                 .is_some_and(|c| !std::mem::replace(&mut c.drops_logged, true)),
-            Skipped::Group(name) => self.drops_logged_groups.insert(name),
-            Skipped::Saved => true,
+            Skipped::Group(name) => self.drops_logged.insert(format!("group {name}")),
+            Skipped::Saved => self.drops_logged.insert(format!("session {subscriber}")),
         };
         if reason == DropReason::Durable {
             error!(
