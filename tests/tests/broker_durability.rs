@@ -308,6 +308,13 @@ async fn a_slow_persistent_subscriber_gets_everything_and_a_stalled_clean_one_lo
     let durable_dropped = broker
         .metric("broker_messages_dropped_total", &[("reason", "durable")])
         .await?;
+    let held = broker
+        .metric("broker_backpressure_events_total", &[])
+        .await?;
+    assert!(
+        held > 0.0,
+        "the slow subscriber held the publishers back at times"
+    );
     assert_eq!(
         durable_dropped, 0.0,
         "nothing is dropped for a durable subscriber"

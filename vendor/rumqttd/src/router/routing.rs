@@ -114,6 +114,9 @@ pub struct Router {
     held: VecDeque<ConnectionId>,
     /// Logs that are full of messages a durable subscriber has not read
     blocked: HashSet<FilterIdx>,
+    /// Something happened that may let a held publisher go on (a read, an ack, a client
+    /// leaving or coming): held connections get another try soon
+    progress: bool,
     last_release: Instant,
     last_lag_report: Instant,
     /// Shared groups and saved sessions whose drops have been logged (a live connection has
@@ -164,6 +167,7 @@ impl Router {
             observer: Arc::new(NoObserver),
             held: VecDeque::new(),
             blocked: HashSet::new(),
+            progress: false,
             last_release: Instant::now(),
             last_lag_report: Instant::now(),
             drops_logged: HashSet::new(),
@@ -229,8 +233,10 @@ impl Router {
             // Not for ever: held publishers get another try, and the lag is reported.
             let wait = if self.held.is_empty() {
                 LAG_INTERVAL
-            } else {
+            } else if self.progress {
                 RELEASE_INTERVAL
+            } else {
+                IDLE_RELEASE_INTERVAL
             };
             match self.router_rx.recv_timeout(wait) {
                 Ok((id, data)) => self.events(id, data),
@@ -266,8 +272,11 @@ impl Router {
             self.consume();
         }
 
-        if !self.held.is_empty() && self.last_release.elapsed() >= RELEASE_INTERVAL {
-            self.release_held();
+        if !self.held.is_empty() {
+            let since = self.last_release.elapsed();
+            if (self.progress && since >= RELEASE_INTERVAL) || since >= IDLE_RELEASE_INTERVAL {
+                self.release_held();
+            }
         }
         if self.last_lag_report.elapsed() >= LAG_INTERVAL {
             self.report_lag();
@@ -316,6 +325,7 @@ impl Router {
         incoming: Incoming,
         mut outgoing: Outgoing,
     ) {
+        self.progress = true;
         let client_id = outgoing.client_id.clone();
         if let Err(err) = validate_clientid(&client_id) {
             error!("Invalid client_id: {}", err);
@@ -476,6 +486,7 @@ impl Router {
     }
 
     fn handle_disconnection(&mut self, id: ConnectionId, reason: Option<DisconnectReasonCode>) {
+        self.progress = true;
         // Some clients can choose to send Disconnect packet before network disconnection.
         // This will lead to double Disconnect packets in router `events`
         let client_id = match &self.obufs.get(id) {
@@ -747,6 +758,7 @@ impl Router {
     /// Gives held connections another try, in turns, once their logs have room again.
     fn release_held(&mut self) {
         self.last_release = Instant::now();
+        self.progress = false;
         self.graveyard.sweep(self.last_release);
         let blocked: Vec<FilterIdx> = self.blocked.iter().copied().collect();
         for filter_idx in blocked {
@@ -1305,6 +1317,7 @@ impl Router {
                 batch.force_ack = true;
             }
             Packet::Unsubscribe(unsubscribe, _) => {
+                self.progress = true;
                 let connection = self.connections.get_mut(id).unwrap();
                 let pkid = unsubscribe.pkid;
                 // One UNSUBACK for the whole packet, with a reason per filter (upstream
@@ -1359,6 +1372,7 @@ impl Router {
                 batch.force_ack = true;
             }
             Packet::PubAck(puback, _) => {
+                self.progress = true;
                 let span = tracing::info_span!("puback", pkid = puback.pkid);
                 let _guard = span.enter();
 
@@ -1373,6 +1387,7 @@ impl Router {
                 self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
             }
             Packet::PubRec(pubrec, _) => {
+                self.progress = true;
                 let span = tracing::info_span!("pubrec", pkid = pubrec.pkid);
                 let _guard = span.enter();
 
@@ -1458,6 +1473,7 @@ impl Router {
                 self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
             }
             Packet::PubComp(pubcomp, _) => {
+                self.progress = true;
                 let span = tracing::info_span!("pubcomp", pkid = pubcomp.pkid);
                 let _guard = span.enter();
 
@@ -1699,6 +1715,7 @@ impl Router {
                 .and_then(|name| self.shared_subscriptions.get_mut(name));
 
             let mut skipped = 0;
+            let cursor = request.cursor;
             let status = forward_device_data(
                 &mut request,
                 datalog,
@@ -1708,6 +1725,9 @@ impl Router {
                 shared_group,
                 &mut skipped,
             );
+            if request.cursor != cursor {
+                self.progress = true;
+            }
             if skipped > 0 {
                 let filter = datalog
                     .native
@@ -2134,6 +2154,9 @@ fn subscription_qos(connection: &Connection, request: &DataRequest) -> u8 {
 
 /// How often held publishers are given another try.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(2);
+/// How often they are given another try when nothing happened (a saved session may have
+/// expired).
+const IDLE_RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the durable subscribers' lag is reported.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
