@@ -326,3 +326,80 @@ async fn a_slow_persistent_subscriber_gets_everything_and_a_stalled_clean_one_lo
     drop(tap);
     Ok(())
 }
+
+/// A shared group whose members have persistent sessions (the bridge's kind) is durable too:
+/// both members are away while the taxis publish 20 times what the log holds; when they come
+/// back, the group gets every message (a shared group may deliver one twice, never none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_of_persistent_members_away_gets_every_acknowledged_message() -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = small_log_broker(&pki).await?;
+    let cert = pki.client("bridge", "bridge")?;
+    let group_filter = format!("$share/ingest/{FILTER}");
+    let members = ["bridge.b1-0", "bridge.b1-1"];
+    for member in members {
+        let mut client = broker
+            .client(&cert)
+            .client_id(member)
+            .clean_session(false)
+            .connect()
+            .await?;
+        client.subscribe_and_wait(&[(&group_filter, 1)]).await?;
+        client.disconnect().await?;
+    }
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let publishers = start_publishers(&broker, &pki, &acked).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let acked_while_away = acked.load(Ordering::SeqCst);
+    let lag = broker
+        .metric(
+            "broker_durable_lag_messages",
+            &[("subscriber", "$share/ingest"), ("filter", FILTER)],
+        )
+        .await?;
+
+    let mut clients = Vec::new();
+    for member in members {
+        let mut client = broker
+            .client(&cert)
+            .client_id(member)
+            .clean_session(false)
+            .start()?;
+        assert!(
+            client.expect_connack().await?,
+            "{member}'s session was kept"
+        );
+        clients.push(client);
+    }
+    let total = PUBLISHERS * PER_PUBLISHER;
+    let deadline = tokio::time::Instant::now() + DELIVERY;
+    let mut distinct = std::collections::BTreeSet::new();
+    while distinct.len() < total {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the group got {} of {total} messages within {DELIVERY:?}",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        distinct.clear();
+        for client in &mut clients {
+            for message in client.messages() {
+                distinct.insert(parse(&message)?);
+            }
+        }
+    }
+    wait_for_publishers(publishers).await?;
+
+    let expected: std::collections::BTreeSet<(String, usize)> = (0..PUBLISHERS)
+        .flat_map(|n| (0..PER_PUBLISHER).map(move |seq| (format!("taxi-{n}"), seq)))
+        .collect();
+    assert_eq!(distinct, expected, "every message of every taxi");
+    assert!(
+        acked_while_away < total,
+        "all {total} messages were acknowledged while the group was away"
+    );
+    assert!(lag > 0.0, "the away group's lag is exported (got {lag})");
+    assert_eq!(acked.load(Ordering::SeqCst), total);
+    Ok(())
+}
