@@ -3887,6 +3887,61 @@ mod durability_tests {
     }
 
     #[test]
+    fn a_qos2_publish_waits_at_its_pubrel() {
+        let drops = Arc::new(Drops::default());
+        let mut router = small_router(drops.clone());
+        let subscriber = connect(&mut router, "s", false);
+        subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+        router.events(subscriber.id, Event::Disconnect);
+
+        let publisher = connect(&mut router, "p", true);
+        publisher.outgoing.lock().clear();
+        for n in 0..60 {
+            let pkid = n as u16 + 1;
+            let mut publish = Publish::new(b"t".to_vec(), payload(n).into_bytes(), false);
+            publish.qos = QoS::ExactlyOnce;
+            publish.pkid = pkid;
+            send(&mut router, &publisher, Packet::Publish(publish, None));
+            let pubrel = PubRel {
+                pkid,
+                reason: PubRelReason::Success,
+            };
+            send(&mut router, &publisher, Packet::PubRel(pubrel, None));
+        }
+        let completed = |client: &Client| {
+            client
+                .outgoing
+                .lock()
+                .drain(..)
+                .filter(|n| matches!(n, Notification::DeviceAck(Ack::PubComp(_))))
+                .count()
+        };
+        let done = completed(&publisher);
+        assert!((10..50).contains(&done), "{done} completed");
+
+        let subscriber = connect(&mut router, "s", false);
+        let mut received = Vec::new();
+        for _ in 0..100 {
+            settle(&mut router);
+            for (pkid, n) in forwards(&subscriber) {
+                let ack = PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                };
+                send(&mut router, &subscriber, Packet::PubAck(ack, None));
+                received.push(n);
+            }
+            router.release_held();
+            if received.len() == 60 {
+                break;
+            }
+        }
+        assert_eq!(received, (0..60).collect::<Vec<_>>());
+        settle(&mut router);
+        assert_eq!(done + completed(&publisher), 60);
+    }
+
+    #[test]
     fn a_clean_subscriber_that_falls_behind_loses_counted_messages() {
         let drops = Arc::new(Drops::default());
         let mut router = small_router(drops.clone());
