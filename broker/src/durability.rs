@@ -5,7 +5,8 @@
 //! when a filter's log is full of them, the publishers to it are held (their PUBACKs wait)
 //! until the slowest durable subscriber reads past the log's oldest segment. Subscribers that
 //! are not durable (clean sessions, QoS 0 subscriptions) are moved past it instead; what
-//! they lose is counted here and logged once per subscriber.
+//! they lose is counted here and logged once per subscriber. A log that starts holding its
+//! publishers is logged, with the durable subscriber furthest behind, at most once a minute.
 //!
 //! Metrics:
 //! - `broker_messages_dropped_total{reason}`: messages skipped for a subscriber that fell
@@ -18,9 +19,9 @@
 //!   subscriber (client id, or `$share/<group>`) has not read or not acknowledged; 0 once it
 //!   has caught up.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttd::{DropReason, Lag, Observer};
 use tracing::{error, warn};
@@ -30,7 +31,12 @@ use tracing::{error, warn};
 pub struct DurabilityMetrics {
     /// The (subscriber, filter) lag series last set above 0.
     lagging: Mutex<HashSet<(String, String)>>,
+    /// When a full log holding its publishers was last logged, by filter.
+    blocked_logged: Mutex<HashMap<String, Instant>>,
 }
+
+/// A filter whose log holds its publishers is logged at most this often.
+const BLOCKED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Observer for DurabilityMetrics {
     fn dropped(&self, subscriber: &str, filter: &str, count: u64, reason: DropReason, first: bool) {
@@ -50,6 +56,26 @@ impl Observer for DurabilityMetrics {
                 "a subscriber that is not durable fell further behind than the log holds: \
                  its oldest messages are dropped (logged once per subscriber; see \
                  broker_messages_dropped_total)"
+            );
+        }
+    }
+
+    fn blocked(&self, filter: &str, subscriber: &str) {
+        let Ok(mut logged) = self.blocked_logged.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let recently = logged
+            .get(filter)
+            .is_some_and(|at| now.duration_since(*at) < BLOCKED_LOG_INTERVAL);
+        if !recently {
+            logged.insert(filter.to_owned(), now);
+            warn!(
+                filter,
+                subscriber,
+                "the log of a filter is full of messages a durable subscriber has not read: \
+                 its publishers wait (logged at most once a minute per filter; see \
+                 broker_durable_lag_messages)"
             );
         }
     }

@@ -57,6 +57,10 @@ pub trait Observer: Send + Sync {
     ) {
     }
 
+    /// `filter`'s log is full and `subscriber`, the durable subscriber furthest behind, has
+    /// not read its oldest segment: publishers to it are held from now on.
+    fn blocked(&self, _filter: &str, _subscriber: &str) {}
+
     /// A publisher's packets are held: `filter`'s log is full of messages a durable
     /// subscriber has not read.
     fn held(&self, _publisher: &str, _filter: &str) {}

@@ -814,6 +814,21 @@ impl Router {
         let behind = self.durable_reader_behind(filter_idx);
         if behind {
             self.blocked.insert(filter_idx);
+            // Who holds the log: the durable subscriber furthest behind.
+            let mut slowest: Option<(String, u64)> = None;
+            self.durable_positions(Some(filter_idx), |subscriber, _, position| {
+                if slowest
+                    .as_ref()
+                    .is_none_or(|(_, oldest)| position < *oldest)
+                {
+                    slowest = Some((subscriber.to_owned(), position));
+                }
+            });
+            if let (Some((subscriber, _)), Some(data)) =
+                (slowest, self.datalog.native.get(filter_idx))
+            {
+                self.observer.blocked(data.filter(), &subscriber);
+            }
         }
         behind
     }
