@@ -27,12 +27,29 @@ use rumqttd::{DropReason, Lag, Observer};
 use tracing::{error, warn};
 
 /// Turns the router's durability events into metrics and log lines.
-#[derive(Default)]
 pub struct DurabilityMetrics {
     /// The (subscriber, filter) lag series last set above 0.
     lagging: Mutex<HashSet<(String, String)>>,
     /// When a full log holding its publishers was last logged, by filter.
     blocked_logged: Mutex<HashMap<String, Instant>>,
+}
+
+impl DurabilityMetrics {
+    /// Registers every counter and the gauge (at 0 in a new process), so that they are
+    /// scraped, and alerts on them work, before the first event.
+    pub fn new() -> DurabilityMetrics {
+        for reason in [DropReason::CleanSession, DropReason::Qos0, DropReason::Durable] {
+            metrics::counter!("broker_messages_dropped_total", "reason" => reason.as_str())
+                .increment(0);
+        }
+        metrics::counter!("broker_backpressure_events_total").increment(0);
+        metrics::counter!("broker_backpressure_wait_milliseconds_total").increment(0);
+        metrics::gauge!("broker_backpressure_publishers").increment(0.0);
+        DurabilityMetrics {
+            lagging: Mutex::default(),
+            blocked_logged: Mutex::default(),
+        }
+    }
 }
 
 /// A filter whose log holds its publishers is logged at most this often.
