@@ -38,7 +38,11 @@ impl DurabilityMetrics {
     /// Registers every counter and the gauge (at 0 in a new process), so that they are
     /// scraped, and alerts on them work, before the first event.
     pub fn new() -> DurabilityMetrics {
-        for reason in [DropReason::CleanSession, DropReason::Qos0, DropReason::Durable] {
+        for reason in [
+            DropReason::CleanSession,
+            DropReason::Qos0,
+            DropReason::Durable,
+        ] {
             metrics::counter!("broker_messages_dropped_total", "reason" => reason.as_str())
                 .increment(0);
         }
