@@ -119,8 +119,8 @@ pub struct CacheConfig {
     pub live_ttl_s: u64,
     /// A period is closed once it ended this long ago (late data and recounts settle).
     pub settle_s: u64,
-    /// In-process cache size, in entries.
-    pub max_entries: u64,
+    /// In-process cache size: bytes of answers kept at most.
+    pub max_bytes: u64,
     /// A Redis shared by several instances (`redis://host:port/db`); unset: in-process.
     pub redis_url: Option<String>,
 }
@@ -230,7 +230,7 @@ impl Default for Config {
                 closed_ttl_s: 86_400,
                 live_ttl_s: 2,
                 settle_s: 3_600,
-                max_entries: 10_000,
+                max_bytes: 64 << 20,
                 redis_url: None,
             },
             pages: PagesConfig {
@@ -297,6 +297,12 @@ impl Config {
             return Err(E::invalid(
                 "cache.live_ttl_s",
                 "cache.closed_ttl_s and cache.live_ttl_s must be at least 1",
+            ));
+        }
+        if self.cache.max_bytes < 1 << 20 {
+            return Err(E::invalid(
+                "cache.max_bytes",
+                "must be at least 1048576 (1 MiB)",
             ));
         }
         if let Some(url) = &self.cache.redis_url {
@@ -539,6 +545,7 @@ mod tests {
                 }),
                 "auth.roles.viewer",
             ),
+            (Box::new(|c| c.cache.max_bytes = 1000), "cache.max_bytes"),
             (
                 Box::new(|c| c.cache.redis_url = Some("localhost:6379".to_owned())),
                 "cache.redis_url",

@@ -53,9 +53,9 @@ impl Query {
     }
 
     /// The page after `cursor` (the first without one), at most `limit` rows.
-    pub async fn page<C: tokio_postgres::GenericClient>(
+    pub async fn page(
         mut self,
-        client: &C,
+        client: &deadpool_postgres::Client,
         route: &str,
         params: &Params,
         limit: u32,
@@ -76,17 +76,21 @@ impl Query {
             self.params
                 .extend(after.into_iter().map(|v| Box::new(v) as SqlParam));
         }
+        // The limit is a parameter, so that each report has a few statement texts, each
+        // prepared once per connection.
         sql.push_str(&format!(
-            " ORDER BY {} LIMIT {}",
+            " ORDER BY {} LIMIT ${}",
             self.order_by(),
-            u64::from(limit) + 1
+            self.params.len() + 1
         ));
+        self.params.push(Box::new(i64::from(limit) + 1));
         let bound: Vec<&(dyn ToSql + Sync)> = self
             .params
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let found = client.query(&sql, &bound).await?;
+        let statement = client.prepare_cached(&sql).await?;
+        let found = client.query(&statement, &bound).await?;
         let more = found.len() > limit as usize;
         let mut items = Vec::with_capacity(found.len().min(limit as usize));
         for row in found.iter().take(limit as usize) {

@@ -176,7 +176,7 @@ async fn answer(
     }
     let client = state.pool.get().await?;
     let body = if report.single {
-        let page = report.query.page(&**client, route, params, 1).await?;
+        let page = report.query.page(&client, route, params, 1).await?;
         let item = page
             .items
             .into_iter()
@@ -188,7 +188,7 @@ async fn answer(
             state.config.pages.default_limit,
             state.config.pages.max_limit,
         )?;
-        let page = report.query.page(&**client, route, params, limit).await?;
+        let page = report.query.page(&client, route, params, limit).await?;
         serde_json::to_vec(&listing::page_body(&page, path, params))
             .map_err(|e| ApiError::internal(e.into()))?
     };

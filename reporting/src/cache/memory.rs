@@ -1,4 +1,5 @@
-//! The in-process cache (moka): each entry with its own time to live and its days.
+//! The in-process cache (moka): each entry with its own time to live and its days, the
+//! whole bounded in bytes (an answer can be a page of thousands of rows).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +31,14 @@ impl Expiry<Arc<str>, Entry> for PerEntry {
 pub struct MemoryCache(Cache<Arc<str>, Entry>);
 
 impl MemoryCache {
-    pub fn new(max_entries: u64) -> MemoryCache {
+    /// A cache of at most `max_bytes` of answers (bodies and keys); the least used go first.
+    pub fn new(max_bytes: u64) -> MemoryCache {
         MemoryCache(
             Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(|key: &Arc<str>, entry: &Entry| {
+                    u32::try_from(key.len() + entry.body.len()).unwrap_or(u32::MAX)
+                })
                 .expire_after(PerEntry)
                 .support_invalidation_closures()
                 .build(),

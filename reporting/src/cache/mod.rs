@@ -44,7 +44,7 @@ impl Cache {
         }
         Ok(match &config.redis_url {
             Some(url) => Cache::Redis(redis::RedisCache::connect(url).await?),
-            None => Cache::Memory(memory::MemoryCache::new(config.max_entries)),
+            None => Cache::Memory(memory::MemoryCache::new(config.max_bytes)),
         })
     }
 
