@@ -175,7 +175,9 @@ async fn daily(
             cached.requests
         );
     }
-    // Uncached: each request a range not asked for before (start day and length vary).
+    // Uncached: each request a key not asked for before, the same rows as pgbench's: a
+    // 30-day range from a varying day, and a page limit (above the 60 rows) that varies once
+    // every start day has been asked for.
     say("daily", format!("uncached, {} s", args.seconds));
     let uncached = load::run(
         &api.client,
@@ -184,15 +186,15 @@ async fn daily(
         args.clients,
         Duration::from_secs(args.seconds),
         Arc::new(move |n| {
-            let span = DAYS - RANGE_DAYS;
+            let span = (DAYS - RANGE_DAYS) as u64;
             let start = first
-                .checked_add(jiff::Span::new().days(1 + n as i64 % span))
+                .checked_add(jiff::Span::new().days(1 + (n % span) as i64))
                 .unwrap_or(first);
-            let length = RANGE_DAYS + (n as i64 / span) % 300;
             let end = start
-                .checked_add(jiff::Span::new().days(length - 1))
+                .checked_add(jiff::Span::new().days(RANGE_DAYS - 1))
                 .unwrap_or(start);
-            format!("/v1/daily?from={start}&to={end}&limit=100")
+            let limit = 2 * RANGE_DAYS as u64 + 1 + n / span;
+            format!("/v1/daily?from={start}&to={end}&limit={limit}")
         }),
     )
     .await?;
