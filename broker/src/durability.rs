@@ -37,7 +37,7 @@ pub struct DurabilityMetrics {
 impl DurabilityMetrics {
     /// Registers every counter and the gauge (at 0 in a new process), so that they are
     /// scraped, and alerts on them work, before the first event.
-    pub fn new() -> DurabilityMetrics {
+    pub fn registered() -> DurabilityMetrics {
         for reason in [
             DropReason::CleanSession,
             DropReason::Qos0,

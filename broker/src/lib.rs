@@ -100,7 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     };
     // A full log never drops what a durable subscriber has not read: its publishers wait.
     let router_tx = Router::new(0, router_config)
-        .observer(Arc::new(durability::DurabilityMetrics::new()))
+        .observer(Arc::new(durability::DurabilityMetrics::registered()))
         .spawn();
     // Without its router the broker is dead, even if its ports still answer: exit, so that a
     // supervisor restarts it, rather than accept connections that can never attach.
