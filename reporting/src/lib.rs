@@ -6,6 +6,7 @@
 //! - [`api`]: the `/v1` reports, paged JSON and streamed CSV.
 //! - [`cache`]: answers kept in process or in Redis, dropped when a day is recomputed.
 //! - [`dashboard`]: the web dashboard (`/dashboard/`): live map, charts, tables, orders.
+//! - [`https_client`]: the HTTPS client for calls out (the OpenID provider, dispatch).
 //! - [`files`]: the file API (`/filesystem/`): files in the lake's object store, JSON, CSV
 //!   and Parquet uploads as tables.
 //!
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod config;
 pub mod dashboard;
 pub mod files;
+pub mod https_client;
 
 use std::net::SocketAddr;
 use std::str::FromStr;

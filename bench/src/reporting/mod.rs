@@ -133,6 +133,24 @@ fn pgbench(
     ))
 }
 
+/// The request load of a phase: `args.clients` clients for `args.seconds`, with the token.
+async fn requests(
+    setup: &Setup,
+    args: &Args,
+    path: Arc<dyn Fn(u64) -> String + Send + Sync>,
+) -> Result<Measured> {
+    let api = &setup.reporting;
+    load::run(
+        &api.client,
+        &api.base,
+        TOKEN,
+        args.clients,
+        Duration::from_secs(args.seconds),
+        path,
+    )
+    .await
+}
+
 async fn daily(
     setup: &Setup,
     args: &Args,
@@ -141,12 +159,8 @@ async fn daily(
     missed: &mut Vec<String>,
 ) -> Result<()> {
     let first: jiff::civil::Date = FIRST_DAY.parse()?;
-    let range = move |n: u64| -> Result<String> {
-        let start = first.checked_add(jiff::Span::new().days(n as i64 % (DAYS - RANGE_DAYS)))?;
-        let end = start.checked_add(jiff::Span::new().days(RANGE_DAYS - 1))?;
-        Ok(format!("/v1/daily?from={start}&to={end}"))
-    };
-    let cached_path = range(0)?;
+    let last = first.checked_add(jiff::Span::new().days(RANGE_DAYS - 1))?;
+    let cached_path = format!("/v1/daily?from={first}&to={last}");
     let api = &setup.reporting;
     // Fills the cache, and checks it answers from it.
     for _ in 0..2 {
@@ -159,15 +173,7 @@ async fn daily(
     }
     say("daily", format!("cached {cached_path}, {} s", args.seconds));
     let path = cached_path.clone();
-    let cached = load::run(
-        &api.client,
-        &api.base,
-        TOKEN,
-        args.clients,
-        Duration::from_secs(args.seconds),
-        Arc::new(move |_| path.clone()),
-    )
-    .await?;
+    let cached = requests(setup, args, Arc::new(move |_| path.clone())).await?;
     if cached.hits < cached.requests {
         bail!(
             "only {} of {} cached requests were cache hits",
@@ -179,12 +185,9 @@ async fn daily(
     // 30-day range from a varying day, and a page limit (above the 60 rows) that varies once
     // every start day has been asked for.
     say("daily", format!("uncached, {} s", args.seconds));
-    let uncached = load::run(
-        &api.client,
-        &api.base,
-        TOKEN,
-        args.clients,
-        Duration::from_secs(args.seconds),
+    let uncached = requests(
+        setup,
+        args,
         Arc::new(move |n| {
             let span = (DAYS - RANGE_DAYS) as u64;
             let start = first
@@ -259,15 +262,7 @@ async fn fleet(
         );
     }
     say("fleet", format!("{taxis} taxis, {} s", args.seconds));
-    let ours = load::run(
-        &api.client,
-        &api.base,
-        TOKEN,
-        args.clients,
-        Duration::from_secs(args.seconds),
-        Arc::new(|_| "/v1/fleet?limit=1000".to_owned()),
-    )
-    .await?;
+    let ours = requests(setup, args, Arc::new(|_| "/v1/fleet?limit=1000".to_owned())).await?;
     say("fleet", format!("pgbench, {} s", args.seconds));
     let script = "SELECT * FROM (SELECT l.taxi_id, l.ts, l.lat, l.lon, l.speed_kmh, \
         l.heading_deg, l.received_at, coalesce(s.state, 'unknown') AS status, s.at AS status_at, \
@@ -319,7 +314,7 @@ async fn csv(
         .error_for_status()?;
     let (mut lines, mut bytes) = (0u64, 0u64);
     while let Some(chunk) = answer.chunk().await? {
-        lines += memchr_count(&chunk);
+        lines += line_breaks(&chunk);
         bytes += chunk.len() as u64;
     }
     let ours_s = started.elapsed().as_secs_f64();
@@ -364,7 +359,7 @@ async fn csv(
     Ok(())
 }
 
-fn memchr_count(bytes: &[u8]) -> u64 {
+fn line_breaks(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 

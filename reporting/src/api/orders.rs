@@ -13,11 +13,10 @@
 //! report, so it is shown even while the dispatch API is down. It is never cached: it moves
 //! from `sent` to `accepted`, `rejected` or `expired` within seconds.
 
-use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,10 +43,13 @@ impl Dispatch {
         let (Some(url), Some(token)) = (&config.url, &config.token) else {
             return Ok(None);
         };
-        let http = http_client(
+        let http = crate::https_client::https_client(
             config.ca.as_deref(),
+            "dispatch.ca",
             Duration::from_millis(config.timeout_ms),
-        )?;
+            reqwest::redirect::Policy::none(),
+        )
+        .context("the HTTP client of the dispatch API")?;
         Ok(Some(Arc::new(Dispatch {
             orders_url: format!("{}/v1/orders", url.trim_end_matches('/')),
             token: token.clone(),
@@ -183,35 +185,4 @@ pub async fn show(
         .collect::<anyhow::Result<Vec<Value>>>()?;
     order.insert("history".to_owned(), Value::Array(history));
     Ok(Json(Value::Object(order)))
-}
-
-/// An HTTPS client trusting the system's roots and `ca`.
-fn http_client(ca: Option<&FsPath>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).with_context(|| format!("dispatch.ca {}", ca.display()))?;
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls_pki_types::CertificateDer<'static> =
-                cert.with_context(|| format!("dispatch.ca {}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| anyhow!("dispatch.ca {}: {e}", ca.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS versions")?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("building the HTTP client of the dispatch API")
 }

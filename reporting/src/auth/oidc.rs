@@ -9,10 +9,9 @@
 //! and a key it never published is refused. The provider being down only matters for such
 //! a refetch: known keys keep working.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -77,7 +76,13 @@ pub fn looks_like_jwt(token: &str) -> bool {
 
 impl Verifier {
     pub fn new(config: &OidcConfig) -> anyhow::Result<Verifier> {
-        let http = http_client(config.ca.as_deref())?;
+        let http = crate::https_client::https_client(
+            config.ca.as_deref(),
+            "auth.oidc.ca",
+            Duration::from_secs(10),
+            reqwest::redirect::Policy::default(),
+        )
+        .context("the HTTP client of single sign-on")?;
         Ok(Verifier {
             config: config.clone(),
             http,
@@ -249,36 +254,6 @@ pub fn roles(claims: &Value, claim: &str) -> Vec<String> {
         Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     }
-}
-
-/// An HTTPS client trusting the system's roots and `ca`.
-fn http_client(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).with_context(|| format!("auth.oidc.ca {}", ca.display()))?;
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls_pki_types::CertificateDer<'static> =
-                cert.with_context(|| format!("auth.oidc.ca {}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| anyhow!("auth.oidc.ca {}: {e}", ca.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS versions")?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client of single sign-on")
 }
 
 #[cfg(test)]
