@@ -261,11 +261,16 @@ async fn a_dispatcher_signs_in_watches_the_fleet_pages_orders_and_sends_one() ->
         ensure!(daily == 10, "{daily} days");
         page.screenshot("6-daily").await?;
 
-        // Signing out forgets the token here and goes on to the provider's sign-out.
+        // Signing out forgets the token here and goes on to the provider's sign-out, which
+        // submits itself; only once the provider has ended its session does the next
+        // navigation belong to the test (before that, the form's answer would replace it).
         page.click("#signout").await?;
         page.wait_for(
-            "at the provider's sign-out",
-            &format!("location.port === '{}'", stage.provider.port()),
+            "signed out at the provider",
+            &format!(
+                "location.port === '{}' && location.pathname === '/session/end/success'",
+                stage.provider.port()
+            ),
             STEP,
         )
         .await?;
