@@ -14,6 +14,8 @@ pub use link::local;
 pub use link::meters;
 pub use router::durability::{self, DropReason, Lag, Observer};
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
+pub use segments::records;
+pub use segments::spill::SpillArea;
 use segments::Storage;
 
 pub use self::router::shared_subs::Strategy;

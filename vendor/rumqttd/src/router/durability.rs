@@ -1,13 +1,16 @@
-//! What the router reports about its logs' durability (PATCHES.md, 17).
+//! What the router reports about its logs' durability (PATCHES.md, 17 and 18).
 //!
 //! Each filter's log is in memory and bounded; a subscriber that falls further behind than the
 //! log holds would lose the oldest messages when the log drops its oldest segment. For a
 //! *durable* subscriber (a QoS 1 or 2 subscription of a session that outlives its connection,
-//! or a shared group with such a member) the router does not drop that segment: the
-//! publishers whose messages go to that log are held (their packets wait, unacknowledged)
-//! until the slowest durable subscriber has read past it. Other subscribers (clean sessions,
-//! QoS 0 subscriptions) are moved past the dropped segment, and what they lose is reported.
+//! or a shared group with such a member) the router does not drop that segment: with a spill
+//! area it writes the segment to disk and reads it back for the readers behind; without one,
+//! or when the area is full, the publishers whose messages go to that log are held (their
+//! packets wait, unacknowledged) until the slowest durable subscriber has read past it. Other
+//! subscribers (clean sessions, QoS 0 subscriptions) are moved past the dropped segment, and
+//! what they lose is reported.
 
+use std::io;
 use std::time::Duration;
 
 /// Why messages were skipped for a subscriber.
@@ -71,6 +74,20 @@ pub trait Observer: Send + Sync {
     /// The durable subscribers that are behind (about once a second; those not listed are
     /// caught up).
     fn lag(&self, _lags: &[Lag]) {}
+
+    /// A segment of `filter`'s log was written to the spill area (`bytes` on disk).
+    fn spilled(&self, _filter: &str, _bytes: u64) {}
+
+    /// A spilled segment of `filter`'s log was read back from disk (`bytes`).
+    fn read_back(&self, _filter: &str, _bytes: u64) {}
+
+    /// A spilled segment of `filter`'s log was deleted: every durable reader has passed it.
+    fn spill_deleted(&self, _filter: &str, _bytes: u64) {}
+
+    /// Spilling failed: `op` is `write` (the publishers are held instead), `read` (the
+    /// messages of the segment that could not be read back are skipped) or `delete` (the
+    /// file stays, counted against the budget).
+    fn spill_failed(&self, _filter: &str, _op: &str, _error: &io::Error) {}
 }
 
 /// Reports nothing.

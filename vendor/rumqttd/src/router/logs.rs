@@ -9,12 +9,14 @@ use crate::protocol::{
 use crate::router::{DataRequest, FilterIdx, SubscriptionMeter, Waiters};
 use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
+use crate::segments::spill::{Spill, SpillRefused, Spillable};
 use crate::segments::{CommitLog, Position};
 use crate::Storage;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 type PubWithProp = (Publish, Option<PublishProperties>);
 
@@ -72,6 +74,203 @@ impl PublishData {
     }
 }
 
+/// What a spilled message's receipt time is stored relative to (the `Instant`s of one
+/// process).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Version of the encoding below, its first byte.
+const SPILL_VERSION: u8 = 1;
+
+/// A spilled message: version, flags (QoS in bits 0-1, retain 2, dup 3, properties 4,
+/// origin 5), packet id, number, receipt time (nanoseconds from [`epoch`], signed), topic,
+/// payload, then the origin and the properties if any. Integers little-endian, byte strings
+/// with a u32 length.
+impl Spillable for PublishData {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let publish = &self.publish;
+        let flags = publish.qos as u8
+            | u8::from(publish.retain) << 2
+            | u8::from(publish.dup) << 3
+            | u8::from(self.properties.is_some()) << 4
+            | u8::from(self.origin.is_some()) << 5;
+        out.push(SPILL_VERSION);
+        out.push(flags);
+        out.extend_from_slice(&publish.pkid.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        let epoch = epoch();
+        let nanos = match self.timestamp.checked_duration_since(epoch) {
+            Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+            None => -i64::try_from(epoch.duration_since(self.timestamp).as_nanos())
+                .unwrap_or(i64::MAX),
+        };
+        out.extend_from_slice(&nanos.to_le_bytes());
+        put_bytes(out, &publish.topic);
+        put_bytes(out, &publish.payload);
+        if let Some(origin) = &self.origin {
+            put_bytes(out, origin.as_bytes());
+        }
+        if let Some(p) = &self.properties {
+            let present = u8::from(p.payload_format_indicator.is_some())
+                | u8::from(p.message_expiry_interval.is_some()) << 1
+                | u8::from(p.topic_alias.is_some()) << 2
+                | u8::from(p.response_topic.is_some()) << 3
+                | u8::from(p.correlation_data.is_some()) << 4
+                | u8::from(p.content_type.is_some()) << 5;
+            out.push(present);
+            if let Some(v) = p.payload_format_indicator {
+                out.push(v);
+            }
+            if let Some(v) = p.message_expiry_interval {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            if let Some(v) = p.topic_alias {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            if let Some(v) = &p.response_topic {
+                put_bytes(out, v.as_bytes());
+            }
+            if let Some(v) = &p.correlation_data {
+                put_bytes(out, v);
+            }
+            if let Some(v) = &p.content_type {
+                put_bytes(out, v.as_bytes());
+            }
+            out.extend_from_slice(&(p.user_properties.len() as u32).to_le_bytes());
+            for (key, value) in &p.user_properties {
+                put_bytes(out, key.as_bytes());
+                put_bytes(out, value.as_bytes());
+            }
+            out.extend_from_slice(&(p.subscription_identifiers.len() as u32).to_le_bytes());
+            for id in &p.subscription_identifiers {
+                out.extend_from_slice(&(*id as u64).to_le_bytes());
+            }
+        }
+    }
+
+    fn decode(bytes: Bytes) -> Option<PublishData> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.u8()? != SPILL_VERSION {
+            return None;
+        }
+        let flags = r.u8()?;
+        let pkid = u16::from_le_bytes(r.array()?);
+        let seq = u64::from_le_bytes(r.array()?);
+        let nanos = i64::from_le_bytes(r.array()?);
+        let epoch = epoch();
+        let timestamp = if nanos >= 0 {
+            epoch.checked_add(Duration::from_nanos(nanos as u64))?
+        } else {
+            epoch
+                .checked_sub(Duration::from_nanos(nanos.unsigned_abs()))
+                .unwrap_or(epoch)
+        };
+        let topic = r.bytes()?;
+        let payload = r.bytes()?;
+        let origin = if flags & 1 << 5 != 0 {
+            Some(Arc::from(r.string()?.as_str()))
+        } else {
+            None
+        };
+        let properties = if flags & 1 << 4 != 0 {
+            let present = r.u8()?;
+            let mut p = PublishProperties::default();
+            if present & 1 != 0 {
+                p.payload_format_indicator = Some(r.u8()?);
+            }
+            if present & 1 << 1 != 0 {
+                p.message_expiry_interval = Some(u32::from_le_bytes(r.array()?));
+            }
+            if present & 1 << 2 != 0 {
+                p.topic_alias = Some(u16::from_le_bytes(r.array()?));
+            }
+            if present & 1 << 3 != 0 {
+                p.response_topic = Some(r.string()?);
+            }
+            if present & 1 << 4 != 0 {
+                p.correlation_data = Some(r.bytes()?);
+            }
+            if present & 1 << 5 != 0 {
+                p.content_type = Some(r.string()?);
+            }
+            let count = u32::from_le_bytes(r.array()?);
+            for _ in 0..count {
+                let key = r.string()?;
+                let value = r.string()?;
+                p.user_properties.push((key, value));
+            }
+            let count = u32::from_le_bytes(r.array()?);
+            for _ in 0..count {
+                let id = u64::from_le_bytes(r.array()?);
+                p.subscription_identifiers.push(usize::try_from(id).ok()?);
+            }
+            Some(p)
+        } else {
+            None
+        };
+        if r.at != r.bytes.len() {
+            return None;
+        }
+        Some(PublishData {
+            publish: Publish {
+                dup: flags & 1 << 3 != 0,
+                qos: crate::protocol::qos(flags & 0b11)?,
+                pkid,
+                retain: flags & 1 << 2 != 0,
+                topic,
+                payload,
+            },
+            properties,
+            timestamp,
+            origin,
+            seq,
+        })
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Topics, payloads and properties are bounded by the packet size (a few MiB at most).
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Reads a spilled message, refusing anything short or malformed.
+struct Reader {
+    bytes: Bytes,
+    at: usize,
+}
+
+impl Reader {
+    fn take(&mut self, len: usize) -> Option<Bytes> {
+        let end = self.at.checked_add(len)?;
+        if end > self.bytes.len() {
+            return None;
+        }
+        let taken = self.bytes.slice(self.at..end);
+        self.at = end;
+        Some(taken)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.as_ref().try_into().ok()
+    }
+
+    fn bytes(&mut self) -> Option<Bytes> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
 // TODO: remove this from here
 impl Storage for PublishData {
     // TODO: calculate size of publish properties as well!
@@ -99,6 +298,8 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// Where full logs write the segments a durable reader still needs (PATCHES.md, 18)
+    pub spill: Option<Spill>,
 }
 
 impl DataLog {
@@ -125,6 +326,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            spill: None,
         })
     }
 
@@ -223,7 +425,7 @@ impl DataLog {
     }
 
     pub fn native_readv(
-        &self,
+        &mut self,
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
@@ -232,13 +434,12 @@ impl DataLog {
         // arrives in `Router::handle_device_payload`, it first calls the function
         // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
         // reads will definitely happen on a valid filter.
-        let data = self.native.get(filter_idx).unwrap();
+        let data = self.native.get_mut(filter_idx).unwrap();
         let mut o = Vec::new();
-        // TODO: `readv` is infallible but its current return type does not
-        // reflect that. Consequently, this method is also infallible.
-        // Encoding this information is important so that calling function
-        // has more information on how this method behaves.
-        let next = data.log.readv(offset, len, &mut o)?;
+        // Spilled segments are read back from disk (PATCHES.md, 18).
+        let next = data
+            .log
+            .readv_with(offset, len, &mut o, self.spill.as_ref(), &data.filter)?;
 
         // Expired messages are dropped; the others go out with their remaining interval.
         let now = Instant::now();
@@ -354,7 +555,34 @@ where
     pub fn filter(&self) -> &Filter {
         &self.filter
     }
+}
 
+impl Data<PublishData> {
+    /// Writes the oldest in-memory segment to the spill area instead of dropping it; false
+    /// if it was not (no room, or the write failed: reported).
+    pub fn spill_head(&mut self, spill: &mut Spill, log_id: usize) -> bool {
+        match self.log.spill_head(spill, log_id, &self.filter) {
+            Ok(_) => true,
+            Err(SpillRefused::NoRoom { .. }) => false,
+            Err(SpillRefused::Io(error)) => {
+                spill.observer.spill_failed(&self.filter, "write", &error);
+                false
+            }
+        }
+    }
+
+    /// Deletes the spilled segments every durable reader has passed (they are before
+    /// `offset`); returns whether any are left.
+    pub fn delete_spilled_before(&mut self, offset: u64, spill: &mut Spill, log_id: usize) -> bool {
+        self.log
+            .delete_spilled_before(offset, spill, log_id, &self.filter)
+    }
+}
+
+impl<T> Data<T>
+where
+    T: Storage + Clone,
+{
     /// Writes to all the filters that are mapped to this publish topic
     /// and wakes up consumers that are matching this topic (if they exist)
     pub fn append(

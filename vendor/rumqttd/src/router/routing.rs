@@ -8,6 +8,7 @@ use crate::router::alertlog::alert;
 use crate::router::connection::SubscriptionOptions;
 use crate::router::scheduler::{PauseReason, Tracker};
 use crate::router::{ConnectionEvents, Forward};
+use crate::segments::spill::{Spill, SpillArea};
 use crate::segments::Position;
 use crate::*;
 use flume::{bounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError};
@@ -174,9 +175,21 @@ impl Router {
         }
     }
 
-    /// Reports the router's durability events (drops, held publishers, lag) to `observer`.
+    /// Reports the router's durability events (drops, held publishers, lag, spills) to
+    /// `observer`.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Router {
+        if let Some(spill) = self.datalog.spill.as_mut() {
+            spill.observer = observer.clone();
+        }
         self.observer = observer;
+        self
+    }
+
+    /// Writes the segments a full log would drop while a durable reader still needs them to
+    /// `area`, instead of holding the publishers, as long as its budget lasts (PATCHES.md,
+    /// 18).
+    pub fn spill(mut self, area: SpillArea) -> Router {
+        self.datalog.spill = Some(Spill::new(area, self.observer.clone()));
         self
     }
 
@@ -280,6 +293,7 @@ impl Router {
         }
         if self.last_lag_report.elapsed() >= LAG_INTERVAL {
             self.report_lag();
+            self.delete_spilled();
         }
 
         // self.send_all_alerts();
@@ -760,9 +774,11 @@ impl Router {
         self.last_release = Instant::now();
         self.progress = false;
         self.graveyard.sweep(self.last_release);
+        // Spill files every durable reader has passed make room in the spill area.
+        self.delete_spilled();
         let blocked: Vec<FilterIdx> = self.blocked.iter().copied().collect();
         for filter_idx in blocked {
-            if !self.durable_reader_behind(filter_idx) {
+            if !self.durable_reader_behind(filter_idx) || self.spill_has_room(filter_idx) {
                 self.blocked.remove(&filter_idx);
             }
         }
@@ -795,12 +811,10 @@ impl Router {
         }
     }
 
-    /// Whether appending to `filter_idx`'s log must wait: it is full, and dropping its oldest
-    /// segment would drop messages a durable subscriber has not read (or acknowledged).
-    ///
-    /// This is the one place to change for a log that spills to disk: instead of waiting, the
-    /// oldest segment would be written out, and read back by the durable subscribers that
-    /// still need it.
+    /// Whether appending to `filter_idx`'s log must wait: it is full, dropping its oldest
+    /// segment would drop messages a durable subscriber has not read (or acknowledged), and
+    /// that segment cannot be written to the spill area (there is none, it is full, or the
+    /// write failed). A segment that is spilled leaves memory: the append goes on.
     fn must_wait(&mut self, filter_idx: FilterIdx) -> bool {
         let Some(data) = self.datalog.native.get(filter_idx) else {
             return false;
@@ -811,7 +825,7 @@ impl Router {
         if self.blocked.contains(&filter_idx) {
             return true;
         }
-        let behind = self.durable_reader_behind(filter_idx);
+        let behind = self.durable_reader_behind(filter_idx) && !self.spill_head(filter_idx);
         if behind {
             self.blocked.insert(filter_idx);
             // Who holds the log: the durable subscriber furthest behind.
@@ -831,6 +845,60 @@ impl Router {
             }
         }
         behind
+    }
+
+    /// Writes the oldest segment of `filter_idx`'s log to the spill area; false if there is
+    /// none, or no room, or the write failed.
+    fn spill_head(&mut self, filter_idx: FilterIdx) -> bool {
+        let DataLog { native, spill, .. } = &mut self.datalog;
+        match (spill.as_mut(), native.get_mut(filter_idx)) {
+            (Some(spill), Some(data)) => data.spill_head(spill, filter_idx),
+            _ => false,
+        }
+    }
+
+    /// Whether the spill area may have room for the oldest segment of `filter_idx`'s log
+    /// (its size when it was last refused, else a segment's worth).
+    fn spill_has_room(&self, filter_idx: FilterIdx) -> bool {
+        let (Some(spill), Some(data)) = (
+            self.datalog.spill.as_ref(),
+            self.datalog.native.get(filter_idx),
+        ) else {
+            return false;
+        };
+        let needed = data
+            .log
+            .spill_needed()
+            .unwrap_or(self.config.max_segment_size as u64);
+        spill.has_room(needed)
+    }
+
+    /// Deletes the spilled segments that every durable reader of their log has passed (read
+    /// and acknowledged). Readers that are not durable and still in them jump past them on
+    /// their next read (reported as dropped).
+    fn delete_spilled(&mut self) {
+        let logs: Vec<FilterIdx> = match self.datalog.spill.as_ref() {
+            Some(spill) if !spill.logs.is_empty() => spill.logs.iter().copied().collect(),
+            _ => return,
+        };
+        for filter_idx in logs {
+            let mut oldest = u64::MAX;
+            self.durable_positions(Some(filter_idx), |_, _, position| {
+                oldest = oldest.min(position);
+            });
+            let DataLog { native, spill, .. } = &mut self.datalog;
+            let Some(spill) = spill.as_mut() else {
+                return;
+            };
+            match native.get_mut(filter_idx) {
+                Some(data) => {
+                    data.delete_spilled_before(oldest, spill, filter_idx);
+                }
+                None => {
+                    spill.logs.remove(&filter_idx);
+                }
+            }
+        }
     }
 
     /// Whether a durable subscriber still needs the oldest segment of `filter_idx`'s log.
@@ -3985,5 +4053,100 @@ mod durability_tests {
             1,
             "logged once: {drops:?}"
         );
+    }
+
+    /// The subscriber "s" comes back and reads everything, acknowledging as it goes.
+    fn read_back_all(router: &mut Router, total: usize) -> Vec<usize> {
+        let subscriber = connect(router, "s", false);
+        let mut received = Vec::new();
+        for _ in 0..1000 {
+            settle(router);
+            for (pkid, n) in forwards(&subscriber) {
+                let ack = PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                };
+                send(router, &subscriber, Packet::PubAck(ack, None));
+                received.push(n);
+            }
+            router.release_held();
+            if received.len() >= total {
+                break;
+            }
+        }
+        settle(router);
+        received
+    }
+
+    fn spill_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter(|e| {
+                        e.as_ref()
+                            .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_full_log_spills_instead_of_holding_and_deletes_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let drops = Arc::new(Drops::default());
+        let area = SpillArea::open(dir.path(), 1 << 20).unwrap();
+        let mut router = small_router(drops.clone()).spill(area);
+        let subscriber = connect(&mut router, "s", false);
+        subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+        router.events(subscriber.id, Event::Disconnect);
+
+        let publisher = connect(&mut router, "p", true);
+        pubacks(&publisher);
+        for n in 0..200 {
+            publish(&mut router, &publisher, n);
+        }
+        assert_eq!(pubacks(&publisher), 200, "nothing waits: the log spilled");
+        assert!(router.held.is_empty());
+        assert!(spill_files(dir.path()) > 5, "full segments are on disk");
+
+        let received = read_back_all(&mut router, 200);
+        assert_eq!(received, (0..200).collect::<Vec<_>>());
+        router.delete_spilled();
+        assert_eq!(spill_files(dir.path()), 0, "read and acknowledged: deleted");
+        assert_eq!(router.datalog.spill.as_ref().map(|s| s.used()), Some(0));
+        assert!(drops.0.lock().map(|d| d.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn a_full_spill_area_holds_the_publishers_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let drops = Arc::new(Drops::default());
+        // Room for about three segments of 1 KiB.
+        let area = SpillArea::open(dir.path(), 3 * 1024 + 900).unwrap();
+        let mut router = small_router(drops.clone()).spill(area);
+        let subscriber = connect(&mut router, "s", false);
+        subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+        router.events(subscriber.id, Event::Disconnect);
+
+        let publisher = connect(&mut router, "p", true);
+        pubacks(&publisher);
+        for n in 0..200 {
+            publish(&mut router, &publisher, n);
+        }
+        let acked = pubacks(&publisher);
+        assert!(
+            (40..100).contains(&acked),
+            "the log and the spill area hold about 50 messages: {acked} acknowledged"
+        );
+        assert_eq!(router.held.len(), 1, "then the publisher is held");
+
+        let received = read_back_all(&mut router, 200);
+        assert_eq!(received, (0..200).collect::<Vec<_>>());
+        assert_eq!(acked + pubacks(&publisher), 200);
+        assert!(router.held.is_empty());
+        router.delete_spilled();
+        assert_eq!(spill_files(dir.path()), 0);
+        assert!(drops.0.lock().map(|d| d.is_empty()).unwrap_or(false));
     }
 }

@@ -1,10 +1,13 @@
 use crate::Offset;
 use std::{collections::VecDeque, io};
 
+pub mod records;
 mod segment;
+pub mod spill;
 pub mod utils;
 
 use segment::{Segment, SegmentPosition};
+use spill::{Spill, Spillable, SpilledSegment};
 use tracing::warn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +57,13 @@ pub struct CommitLog<T> {
     max_mem_segments: usize,
     /// Total size of active segment, used for enforcing the contraints.
     segments: VecDeque<Segment<T>>,
+    /// Segments older than `head` written to the spill area, oldest first, contiguous up to
+    /// `head` (`spill.rs`).
+    spilled: VecDeque<SpilledSegment>,
+    /// The spilled segments read back last, decoded, by index.
+    read_back: VecDeque<(u64, Segment<T>)>,
+    /// The head segment (index) that did not fit the spill area, and its size on disk.
+    spill_refused: Option<(u64, u64)>,
 }
 
 impl<T> CommitLog<T>
@@ -80,6 +90,9 @@ where
             max_segment_size,
             max_mem_segments,
             segments,
+            spilled: VecDeque::new(),
+            read_back: VecDeque::new(),
+            spill_refused: None,
         })
     }
 
@@ -178,11 +191,15 @@ where
         (self.head + 1, offset)
     }
 
-    /// The absolute offset of the oldest message in the log.
+    /// The absolute offset of the oldest message in the log (spilled or in memory).
     pub fn start_offset(&self) -> u64 {
-        self.segments
-            .front()
-            .map_or(0, |segment| segment.absolute_offset)
+        match self.spilled.front() {
+            Some(spilled) => spilled.absolute_offset,
+            None => self
+                .segments
+                .front()
+                .map_or(0, |segment| segment.absolute_offset),
+        }
     }
 
     #[inline]
@@ -194,26 +211,86 @@ where
     /// the next offset to read data from. The Position::start returned need not
     /// be a valid index if the start given is not valid either.
     pub fn readv(
-        &self,
+        &mut self,
+        start: (u64, u64),
+        len: u64,
+        out: &mut Vec<(T, Offset)>,
+    ) -> io::Result<Position>
+    where
+        T: Spillable,
+    {
+        self.readv_with(start, len, out, None, "")
+    }
+
+    /// [`Self::readv`], spilled segments included: they are read back from the spill area
+    /// (reported to `spill`'s observer, under `filter`).
+    pub fn readv_with(
+        &mut self,
         mut start: (u64, u64),
         mut len: u64,
         out: &mut Vec<(T, Offset)>,
-    ) -> io::Result<Position> {
+        spill: Option<&Spill>,
+        filter: &str,
+    ) -> io::Result<Position>
+    where
+        T: Spillable,
+    {
         let mut cursor = start;
-        let _orig_cursor = cursor;
 
         if cursor.0 > self.tail {
             return Ok(Position::Done { start, end: start });
         }
 
-        if cursor.0 < self.head {
-            let head_absolute_offset = self.segments.front().unwrap().absolute_offset;
+        let first = self.first_index();
+        if cursor.0 < first {
+            let first_offset = self.start_offset();
             warn!(
                 "given index {} less than head {}, jumping to head",
-                cursor.0, head_absolute_offset
+                cursor.0, first_offset
             );
-            cursor = (self.head, head_absolute_offset);
+            cursor = (first, first_offset);
             start = cursor;
+        }
+
+        // Spilled segments, read back from disk.
+        while cursor.0 < self.head {
+            let position = (cursor.0 - first) as usize;
+            let (absolute_offset, next_offset) = match self.spilled.get(position) {
+                Some(spilled) => (spilled.absolute_offset, spilled.next_offset()),
+                None => {
+                    // Spilled segments are contiguous up to `head`: not reached.
+                    cursor = (self.head, self.segments.front().map_or(cursor.1, |s| s.absolute_offset));
+                    break;
+                }
+            };
+            if absolute_offset > cursor.1 {
+                if cursor == start {
+                    start.1 = absolute_offset;
+                }
+                cursor.1 = absolute_offset;
+            }
+            let read = match self.read_back(position, spill, filter) {
+                Some(segment) => segment.readv(cursor, len, out)?,
+                None => SegmentPosition::Done(next_offset),
+            };
+            match read {
+                SegmentPosition::Next(offset) => {
+                    return Ok(Position::Next {
+                        start,
+                        end: (cursor.0, offset),
+                    });
+                }
+                SegmentPosition::Done(read_to) => {
+                    if read_to >= cursor.1 {
+                        len = len.saturating_sub(read_to - cursor.1);
+                    }
+                    // Past the whole segment, even if its tail could not be read back.
+                    cursor = (cursor.0 + 1, next_offset);
+                }
+            }
+            if len == 0 {
+                return Ok(Position::Next { start, end: cursor });
+            }
         }
 
         let mut idx = (cursor.0 - self.head) as usize;
@@ -224,7 +301,9 @@ where
                 "offset specified {} if less than actual {}, jumping",
                 cursor.1, curr_segment.absolute_offset
             );
-            start.1 = curr_segment.absolute_offset;
+            if cursor == start {
+                start.1 = curr_segment.absolute_offset;
+            }
             cursor.1 = curr_segment.absolute_offset;
         }
 
@@ -310,7 +389,7 @@ mod tests {
     #[test]
     fn reading_at_invalid_cursor_returns_none() {
         // 1 as active only
-        let log: CommitLog<Bytes> = CommitLog::new(1024, 1).unwrap();
+        let mut log: CommitLog<Bytes> = CommitLog::new(1024, 1).unwrap();
         let mut out = Vec::new();
 
         assert_eq!(log.head, 0);
