@@ -76,17 +76,23 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
-/// Sizes of the embedded rumqttd router's in-memory logs.
+/// Sizes of the embedded rumqttd router's in-memory logs, and the spill area behind them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     /// Bytes per segment of each subscribed filter's log.
     pub max_segment_size: usize,
-    /// Segments kept per filter; the oldest is dropped when full, unless a durable
-    /// subscriber has not read it (then the filter's publishers wait).
+    /// Segments kept in memory per filter; the oldest is dropped when full, unless a durable
+    /// subscriber has not read it: then it is written to the spill area, or, when that is
+    /// full (or off), the filter's publishers wait.
     pub max_segment_count: usize,
     /// Messages sent to one connection per scheduling round.
     pub max_outgoing_packet_count: u64,
+    /// Directory of the spill area (created if missing, locked while the broker runs; spill
+    /// files a previous run left are removed at start).
+    pub spill_dir: PathBuf,
+    /// Disk budget of the spill area in bytes; 0 turns spilling off.
+    pub spill_max_bytes: u64,
 }
 
 /// The broker-owned `taxi/<id>/status` topic.
@@ -126,6 +132,8 @@ impl Default for Config {
                 max_segment_size: 4 * 1024 * 1024,
                 max_segment_count: 64,
                 max_outgoing_packet_count: 200,
+                spill_dir: PathBuf::from("data/broker/spill"),
+                spill_max_bytes: 4 * 1024 * 1024 * 1024,
             },
             status: StatusConfig {
                 roles: vec!["taxi".to_owned()],
@@ -168,6 +176,22 @@ impl Config {
                 "router",
                 "max_segment_count must be >= 1 and max_segment_size >= 1024",
             );
+        }
+        if self.router.spill_max_bytes > 0 {
+            if self.router.spill_dir.as_os_str().is_empty() {
+                return invalid(
+                    "router.spill_dir",
+                    "a directory is required while router.spill_max_bytes is above 0",
+                );
+            }
+            // A spilled segment takes a little more than its size on disk.
+            if self.router.spill_max_bytes < 2 * self.router.max_segment_size as u64 {
+                return invalid(
+                    "router.spill_max_bytes",
+                    "must be 0 (spilling off) or at least two segments \
+                     (2 x router.max_segment_size)",
+                );
+            }
         }
         for (role, rules) in &self.acl {
             rules
@@ -236,6 +260,18 @@ mod tests {
     fn missing_file_is_reported() {
         let error = Config::load(Some(Path::new("/nonexistent/broker.toml"))).expect_err("x");
         assert!(error.to_string().contains("/nonexistent/broker.toml"));
+    }
+
+    #[test]
+    fn a_spill_budget_below_two_segments_is_refused_and_zero_turns_it_off() {
+        let error = load_text("[router]\nspill_max_bytes = 1000\n").expect_err("too small");
+        let text = error.to_string();
+        assert!(text.contains("router.spill_max_bytes"), "{text}");
+        let error = load_text("[router]\nspill_dir = \"\"\n").expect_err("no directory");
+        assert!(error.to_string().contains("router.spill_dir"), "{error}");
+        let off = load_text("[router]\nspill_dir = \"\"\nspill_max_bytes = 0\n")
+            .expect("spilling off needs no directory");
+        assert_eq!(off.router.spill_max_bytes, 0);
     }
 
     #[test]

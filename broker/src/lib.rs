@@ -98,10 +98,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };
-    // A full log never drops what a durable subscriber has not read: its publishers wait.
-    let router_tx = Router::new(0, router_config)
-        .observer(Arc::new(durability::DurabilityMetrics::registered()))
-        .spawn();
+    // A full log never drops what a durable subscriber has not read: it spills the segment to
+    // disk, or, once the spill area is full too, its publishers wait.
+    let mut router = Router::new(0, router_config).observer(Arc::new(
+        durability::DurabilityMetrics::registered(config.router.spill_max_bytes),
+    ));
+    if config.router.spill_max_bytes > 0 {
+        let dir = &config.router.spill_dir;
+        let area = rumqttd::SpillArea::open(dir, config.router.spill_max_bytes)
+            .with_context(|| format!("router.spill_dir: cannot use {}", dir.display()))?;
+        tracing::info!(
+            dir = %dir.display(),
+            max_bytes = config.router.spill_max_bytes,
+            "full logs spill to disk"
+        );
+        router = router.spill(area);
+    }
+    let router_tx = router.spawn();
     // Without its router the broker is dead, even if its ports still answer: exit, so that a
     // supervisor restarts it, rather than accept connections that can never attach.
     let watched = router_tx.clone();

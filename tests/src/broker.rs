@@ -67,6 +67,10 @@ pub struct TestBroker {
     pub running: broker::RunningBroker,
     ca_pem: String,
     ca_path: PathBuf,
+    /// The router's spill area (`router.spill_dir`): a temporary directory of its own
+    /// unless the test chose another (a directory is locked by its broker).
+    spill_dir: PathBuf,
+    _spill_tmp: tempfile::TempDir,
 }
 
 impl TestBroker {
@@ -89,7 +93,13 @@ impl TestBroker {
         config.tls.client_ca = vec![pki.ca_path().to_owned()];
         config.tls.crl = vec![pki.crl_path().to_owned()];
         config.tls.reload_interval_ms = RELOAD_INTERVAL_MS;
+        let spill_tmp = tempfile::Builder::new()
+            .prefix("broker-spill-")
+            .tempdir()
+            .context("creating the broker's spill directory")?;
+        config.router.spill_dir = spill_tmp.path().to_owned();
         tweak(&mut config);
+        let spill_dir = config.router.spill_dir.clone();
         let running = broker::start(config).await.context("starting the broker")?;
         Ok(TestBroker {
             mqtt_addr: running.mqtt_addr,
@@ -97,7 +107,14 @@ impl TestBroker {
             running,
             ca_pem: pki.ca_pem().to_owned(),
             ca_path: pki.ca_path().to_owned(),
+            spill_dir,
+            _spill_tmp: spill_tmp,
         })
+    }
+
+    /// The router's spill area (`router.spill_dir`).
+    pub fn spill_dir(&self) -> &Path {
+        &self.spill_dir
     }
 
     /// A rumqttc client presenting `cert`, with the client id of its CN unless changed.
