@@ -1,7 +1,9 @@
 //! Durable while running: no QoS 1 message the broker acknowledged is lost for a durable
-//! subscriber (a persistent session with a QoS 1 subscription) when it falls further behind
-//! than the router's in-memory log holds. The publishers are slowed down instead (their
-//! PUBACKs wait), and what a subscriber that is not durable loses is counted in `/metrics`.
+//! subscriber (a persistent session with a QoS 1 subscription, or a shared group with such a
+//! member) when it falls further behind than the router's in-memory log holds. The log
+//! spills to disk (the spill area) and reads it back as the subscriber catches up; when the
+//! spill area is full (or off) the publishers are slowed down instead (their PUBACKs wait).
+//! What a subscriber that is not durable loses is counted in `/metrics`.
 //!
 //! The broker runs with a small log (64 KiB x 4 segments per filter), so that a few
 //! megabytes published as fast as possible overflow it many times.
@@ -12,6 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use tests::bridge_process::BridgeProcess;
+use tests::platform::{
+    bounded, drive, expected_keys, home, ids, wait_for_positions, Platform, Taxi,
+};
 use tests::raw::{self, RawClient};
 use tests::{Event, Message, MqttClient, TestBroker, TestPki};
 
@@ -25,12 +31,63 @@ const PAYLOAD: usize = 1024;
 const DELIVERY: Duration = Duration::from_secs(15);
 const FILTER: &str = "taxi/+/position";
 
-async fn small_log_broker(pki: &TestPki) -> Result<TestBroker> {
+/// Bytes of one in-memory segment of the test broker's logs.
+const SEGMENT: usize = 64 * 1024;
+
+/// The spill area of a test broker.
+#[derive(Clone, Copy, Debug)]
+enum Spill {
+    /// None: a full log holds its publishers at once.
+    Off,
+    /// The default budget (gigabytes): never full here.
+    Default,
+    /// Room for about one segment.
+    Tiny,
+}
+
+async fn small_log_broker(pki: &TestPki, spill: Spill) -> Result<TestBroker> {
     TestBroker::start_with(pki, |config| {
-        config.router.max_segment_size = 64 * 1024;
+        config.router.max_segment_size = SEGMENT;
         config.router.max_segment_count = 4;
+        match spill {
+            Spill::Off => config.router.spill_max_bytes = 0,
+            Spill::Default => {}
+            // The smallest budget the configuration accepts; a spilled segment takes a
+            // little more than its size, so one fits, not two.
+            Spill::Tiny => config.router.spill_max_bytes = 2 * SEGMENT as u64,
+        }
     })
     .await
+}
+
+/// Spill files in the broker's spill area.
+fn spill_files(broker: &TestBroker) -> Result<usize> {
+    let entries = std::fs::read_dir(broker.spill_dir())
+        .with_context(|| format!("listing {}", broker.spill_dir().display()))?;
+    let mut count = 0;
+    for entry in entries {
+        if entry?.file_name().to_string_lossy().ends_with(".seg") {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Waits until the spill area is empty again (`broker_spill_bytes` 0, no spill file).
+async fn wait_for_empty_spill_area(broker: &TestBroker) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let bytes = broker.metric("broker_spill_bytes", &[]).await?;
+        let files = spill_files(broker)?;
+        if bytes == 0.0 && files == 0 {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the spill area still holds {bytes} bytes in {files} files"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `<taxi>:<seq>:` padded to [`PAYLOAD`] bytes.
@@ -198,13 +255,14 @@ async fn receive(
     Ok(received)
 }
 
-/// A persistent subscriber is away while the taxis publish 20 times what the log holds: the
-/// taxis wait for their PUBACKs, and when it comes back it gets every message, once, in
-/// order. Meanwhile `/metrics` shows its lag and the back-pressure.
+/// Without a spill area, a persistent subscriber is away while the taxis publish 20 times
+/// what the log holds: the taxis wait for their PUBACKs, and when it comes back it gets every
+/// message, once, in order. Meanwhile `/metrics` shows its lag and the back-pressure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_subscriber_away_gets_every_acknowledged_message() -> Result<()> {
+async fn without_spill_a_persistent_subscriber_away_holds_the_publishers_and_gets_everything(
+) -> Result<()> {
     let pki = TestPki::new()?;
-    let broker = small_log_broker(&pki).await?;
+    let broker = small_log_broker(&pki, Spill::Off).await?;
     let bridge_cert = pki.client("bridge", "bridge")?;
     let mut bridge = broker
         .client(&bridge_cert)
@@ -254,14 +312,14 @@ async fn a_persistent_subscriber_away_gets_every_acknowledged_message() -> Resul
     Ok(())
 }
 
-/// A persistent subscriber reads slowly (acknowledging in rounds) while a clean-session QoS 0
-/// subscriber stops reading altogether: the slow one gets everything; the other one's
-/// losses are counted in `/metrics` instead of slowing everyone down.
+/// Without a spill area, a persistent subscriber reads slowly (acknowledging in rounds) while
+/// a clean-session QoS 0 subscriber stops reading altogether: the slow one gets everything;
+/// the other one's losses are counted in `/metrics` instead of slowing everyone down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_persistent_subscriber_gets_everything_and_a_stalled_clean_one_loses_counted_messages(
 ) -> Result<()> {
     let pki = TestPki::new()?;
-    let broker = small_log_broker(&pki).await?;
+    let broker = small_log_broker(&pki, Spill::Off).await?;
 
     let mut bridge = broker
         .client(&pki.client("bridge", "bridge")?)
@@ -328,12 +386,13 @@ async fn a_slow_persistent_subscriber_gets_everything_and_a_stalled_clean_one_lo
 }
 
 /// A shared group whose members have persistent sessions (the bridge's kind) is durable too:
-/// both members are away while the taxis publish 20 times what the log holds; when they come
-/// back, the group gets every message (a shared group may deliver one twice, never none).
+/// both members are away while the taxis publish 20 times what the log holds; the log spills
+/// to disk and the taxis do not wait. When the members come back, the group gets every
+/// message (a shared group may deliver one twice, never none), and the spill files go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_group_of_persistent_members_away_gets_every_acknowledged_message() -> Result<()> {
     let pki = TestPki::new()?;
-    let broker = small_log_broker(&pki).await?;
+    let broker = small_log_broker(&pki, Spill::Default).await?;
     let cert = pki.client("bridge", "bridge")?;
     let group_filter = format!("$share/ingest/{FILTER}");
     let members = ["bridge.b1-0", "bridge.b1-1"];
@@ -350,12 +409,17 @@ async fn a_shared_group_of_persistent_members_away_gets_every_acknowledged_messa
 
     let acked = Arc::new(AtomicUsize::new(0));
     let publishers = start_publishers(&broker, &pki, &acked).await?;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::timeout(DELIVERY, wait_for_publishers(publishers))
+        .await
+        .context("the taxis were held although the log can spill")??;
     let acked_while_away = acked.load(Ordering::SeqCst);
+    let spilled = broker.metric("broker_spill_bytes", &[]).await?;
     let lag = broker
-        .metric(
+        .wait_for_metric(
             "broker_durable_lag_messages",
             &[("subscriber", "$share/ingest"), ("filter", FILTER)],
+            1.0,
+            Duration::from_secs(5),
         )
         .await?;
 
@@ -389,17 +453,272 @@ async fn a_shared_group_of_persistent_members_away_gets_every_acknowledged_messa
             }
         }
     }
-    wait_for_publishers(publishers).await?;
 
     let expected: std::collections::BTreeSet<(String, usize)> = (0..PUBLISHERS)
         .flat_map(|n| (0..PER_PUBLISHER).map(move |seq| (format!("taxi-{n}"), seq)))
         .collect();
     assert_eq!(distinct, expected, "every message of every taxi");
+    assert_eq!(
+        acked_while_away, total,
+        "every message was acknowledged while the group was away"
+    );
     assert!(
-        acked_while_away < total,
-        "all {total} messages were acknowledged while the group was away"
+        spilled > 0.0,
+        "the log spilled to disk (got {spilled} bytes)"
     );
     assert!(lag > 0.0, "the away group's lag is exported (got {lag})");
-    assert_eq!(acked.load(Ordering::SeqCst), total);
+    let held = broker
+        .metric("broker_backpressure_events_total", &[])
+        .await?;
+    assert_eq!(held, 0.0, "no publisher was held");
+    wait_for_empty_spill_area(&broker).await?;
     Ok(())
+}
+
+/// A persistent subscriber is away while the taxis publish 20 times what the in-memory log
+/// holds: the log spills to disk, so the taxis are not held (every PUBACK arrives while the
+/// subscriber is away, and `/metrics` counts no back-pressure). When it comes back it gets
+/// every message, once, in order per taxi, read back from disk; once it has read and
+/// acknowledged them, the spill files are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_subscriber_away_gets_everything_from_the_spill_area_and_nobody_waits(
+) -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = small_log_broker(&pki, Spill::Default).await?;
+    let bridge_cert = pki.client("bridge", "bridge")?;
+    let mut bridge = broker
+        .client(&bridge_cert)
+        .clean_session(false)
+        .connect()
+        .await?;
+    bridge.subscribe_and_wait(&[(FILTER, 1)]).await?;
+    bridge.disconnect().await?;
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let publishers = start_publishers(&broker, &pki, &acked).await?;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(DELIVERY, wait_for_publishers(publishers))
+        .await
+        .context("the taxis were held although the log can spill")??;
+    let publish_time = started.elapsed();
+    let total = PUBLISHERS * PER_PUBLISHER;
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        total,
+        "every message acknowledged"
+    );
+    let held = broker
+        .metric("broker_backpressure_events_total", &[])
+        .await?;
+    let spilled = broker.metric("broker_spill_bytes", &[]).await?;
+    let segments = broker.metric("broker_spill_segments_total", &[]).await?;
+    let files = spill_files(&broker)?;
+    eprintln!(
+        "{total} messages of {PAYLOAD} B acknowledged in {publish_time:?} with the subscriber \
+         away; {spilled} bytes in {files} spill files ({segments} segments spilled)"
+    );
+    assert_eq!(held, 0.0, "no publisher was held");
+    // 5 MB published; the log keeps 256 KiB in memory.
+    assert!(
+        spilled > (total * PAYLOAD / 2) as f64,
+        "most of it is on disk (got {spilled} bytes)"
+    );
+    assert!(files > 0 && segments >= files as f64);
+
+    let mut bridge = broker.client(&bridge_cert).clean_session(false).start()?;
+    assert!(
+        bridge.expect_connack().await?,
+        "the bridge's session was kept"
+    );
+    let received = receive(&mut bridge, total, None).await?;
+    check_complete(&received)?;
+    let read_back = broker
+        .metric("broker_spill_read_segments_total", &[])
+        .await?;
+    assert!(
+        read_back >= segments,
+        "each spilled segment was read back ({read_back} of {segments})"
+    );
+    assert_eq!(
+        broker
+            .metric("broker_messages_dropped_total", &[("reason", "durable")])
+            .await?,
+        0.0
+    );
+    wait_for_empty_spill_area(&broker).await?;
+    assert!(
+        broker
+            .metric("broker_spill_deleted_segments_total", &[])
+            .await?
+            >= segments
+    );
+    Ok(())
+}
+
+/// With a spill area too small for the backlog, a persistent subscriber away holds the taxis
+/// once the log and the area are full (back-pressure in `/metrics`); when it comes back it
+/// gets every message, once, in order: nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spill_area_slows_the_publishers_and_loses_nothing() -> Result<()> {
+    let pki = TestPki::new()?;
+    let broker = small_log_broker(&pki, Spill::Tiny).await?;
+    let bridge_cert = pki.client("bridge", "bridge")?;
+    let mut bridge = broker
+        .client(&bridge_cert)
+        .clean_session(false)
+        .connect()
+        .await?;
+    bridge.subscribe_and_wait(&[(FILTER, 1)]).await?;
+    bridge.disconnect().await?;
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let publishers = start_publishers(&broker, &pki, &acked).await?;
+    let held = broker
+        .wait_for_metric(
+            "broker_backpressure_events_total",
+            &[],
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked_while_away = acked.load(Ordering::SeqCst);
+    let spilled = broker.metric("broker_spill_bytes", &[]).await?;
+    let total = PUBLISHERS * PER_PUBLISHER;
+    eprintln!("held with {acked_while_away} of {total} acknowledged, {spilled} bytes spilled");
+    assert!(spilled > 0.0, "the log spilled before holding");
+    assert!(
+        spilled <= (2 * SEGMENT) as f64,
+        "within the budget: {spilled} bytes"
+    );
+    assert!(
+        acked_while_away < total,
+        "all {total} messages were acknowledged while the only subscriber was away"
+    );
+
+    let mut bridge = broker.client(&bridge_cert).clean_session(false).start()?;
+    assert!(
+        bridge.expect_connack().await?,
+        "the bridge's session was kept"
+    );
+    let received = receive(&mut bridge, total, None).await?;
+    wait_for_publishers(publishers).await?;
+    check_complete(&received)?;
+    assert!(held > 0.0);
+    assert_eq!(acked.load(Ordering::SeqCst), total);
+    assert_eq!(
+        broker
+            .metric("broker_messages_dropped_total", &[("reason", "durable")])
+            .await?,
+        0.0
+    );
+    wait_for_empty_spill_area(&broker).await?;
+    Ok(())
+}
+
+/// Every bridge is stopped (SIGKILL) while taxis publish several times what the router's
+/// in-memory log holds; the bridges start again: PostgreSQL holds every acknowledged position
+/// exactly once. With the default spill area the taxis are not slowed down; with one too
+/// small they are (back-pressure), and still nothing is lost.
+async fn positions_published_while_every_bridge_is_stopped_are_stored_once(
+    spill: Spill,
+) -> Result<()> {
+    const TAXIS: usize = 5;
+    const POSITIONS: u64 = 2000;
+    bounded(Duration::from_secs(150), async {
+        let pki = TestPki::new()?;
+        let broker = small_log_broker(&pki, spill).await?;
+        let platform = Platform::with_broker(pki, broker).await?;
+        let archive = platform.embedded_archive("s3");
+        let mut first = BridgeProcess::spawn(&platform.bridge_config("b1", archive.clone()))?;
+        let mut second = BridgeProcess::spawn(&platform.bridge_config("b2", archive))?;
+        first.wait_ready().await?;
+        second.wait_ready().await?;
+        platform.wait_until_consuming().await?;
+        first.kill().await?;
+        second.kill().await?;
+
+        let mut drives = Vec::new();
+        for n in 1..=TAXIS {
+            let taxi: Taxi = platform.taxi(&format!("taxi-{n}")).await?;
+            drives.push(tokio::spawn(drive(taxi, home(n), 1..=POSITIONS, None)));
+        }
+        // About 130 bytes a position on disk: 1.3 MB, five times the in-memory log.
+        let broker = &platform.broker;
+        match spill {
+            Spill::Tiny => {
+                broker
+                    .wait_for_metric(
+                        "broker_backpressure_events_total",
+                        &[],
+                        1.0,
+                        Duration::from_secs(30),
+                    )
+                    .await?;
+            }
+            _ => {
+                for drive in &drives {
+                    while !drive.is_finished() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        let spilled = broker.metric("broker_spill_bytes", &[]).await?;
+        let finished = drives.iter().filter(|d| d.is_finished()).count();
+        eprintln!("bridges stopped: {spilled} bytes spilled, {finished} of {TAXIS} taxis done");
+        assert!(spilled > 0.0, "the log spilled to disk");
+
+        first.start()?;
+        second.start()?;
+        first.wait_ready().await?;
+        second.wait_ready().await?;
+        let mut taxis = Vec::new();
+        for drive in drives {
+            taxis.push(drive.await.context("a taxi task failed")??);
+        }
+
+        let expected: Vec<(String, i64)> = expected_keys(&taxis).into_iter().collect();
+        let ids = ids(&taxis);
+        let arrived = wait_for_positions(&platform.database_url(), &ids, expected.len()).await;
+        let db = platform.db().await?;
+        let stored = db.position_rows(&ids).await?;
+        let duplicates = db.duplicate_position_keys().await?;
+        ensure!(
+            stored == expected,
+            "{} rows stored for {} positions published, {duplicates} keys twice ({arrived:?})",
+            stored.len(),
+            expected.len()
+        );
+        assert_eq!(duplicates, 0, "(taxi, seq) keys stored more than once");
+        let held = broker
+            .metric("broker_backpressure_events_total", &[])
+            .await?;
+        match spill {
+            Spill::Tiny => assert!(held > 0.0, "the taxis were slowed down"),
+            _ => assert_eq!(held, 0.0, "the taxis did not wait for the bridges"),
+        }
+        assert_eq!(
+            broker
+                .metric("broker_messages_dropped_total", &[("reason", "durable")])
+                .await?,
+            0.0
+        );
+        wait_for_empty_spill_area(broker).await?;
+        first.ensure_running()?;
+        second.ensure_running()?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bridge_stopped_spilled_positions_are_stored_once() -> Result<()> {
+    positions_published_while_every_bridge_is_stopped_are_stored_once(Spill::Default).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bridge_stopped_with_a_full_spill_area_slows_the_taxis_and_stores_every_position_once(
+) -> Result<()> {
+    positions_published_while_every_bridge_is_stopped_are_stored_once(Spill::Tiny).await
 }
