@@ -679,6 +679,118 @@ mod test {
     use crate::router::shared_subs::Strategy;
     use crate::RouterConfig;
 
+    use super::{PublishData, Spillable};
+    use crate::protocol::{Publish, PublishProperties, QoS};
+    use crate::router::durability::NoObserver;
+    use crate::segments::spill::{Spill, SpillArea};
+    use crate::segments::{CommitLog, Position};
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn message(n: u64, payload: usize) -> PublishData {
+        let mut publish = Publish::new(
+            format!("taxi/t-{}/position", n % 100).into_bytes(),
+            vec![(n % 251) as u8; payload],
+            false,
+        );
+        publish.qos = QoS::AtLeastOnce;
+        publish.pkid = (n % 65_000) as u16 + 1;
+        let mut data = PublishData::from((publish, None));
+        data.seq = n;
+        data.origin = Some(Arc::from(format!("t-{}", n % 100).as_str()));
+        data
+    }
+
+    #[test]
+    fn a_spilled_message_comes_back_as_it_was() {
+        let mut data = message(7, 100);
+        data.publish.retain = true;
+        data.publish.dup = true;
+        data.properties = Some(PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            topic_alias: None,
+            response_topic: Some("reply/here".to_owned()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("k".to_owned(), "v".to_owned())],
+            subscription_identifiers: vec![],
+            content_type: Some("application/json".to_owned()),
+        });
+        data.timestamp -= Duration::from_secs(5);
+        for data in [message(8, 0), data] {
+            let mut bytes = Vec::new();
+            data.encode(&mut bytes);
+            let back = PublishData::decode(Bytes::from(bytes.clone())).expect("decodes");
+            assert_eq!(back.publish, data.publish);
+            assert_eq!(back.properties, data.properties);
+            assert_eq!(back.origin, data.origin);
+            assert_eq!(back.seq, data.seq);
+            assert_eq!(back.timestamp, data.timestamp);
+            // Anything shorter, or longer, is refused rather than misread.
+            for cut in 0..bytes.len() {
+                assert!(PublishData::decode(Bytes::copy_from_slice(&bytes[..cut])).is_none());
+            }
+            bytes.push(0);
+            assert!(PublishData::decode(Bytes::from(bytes)).is_none());
+        }
+    }
+
+    /// Spill throughput (`cargo test --release -- --ignored --nocapture spill_throughput`):
+    /// 200 MB of 1 KiB messages through a log of 4 MiB x 4, every full segment spilled, then
+    /// read back.
+    #[test]
+    #[ignore]
+    fn spill_throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = Spill::new(
+            SpillArea::open(dir.path(), 1 << 30).unwrap(),
+            Arc::new(NoObserver),
+        );
+        let count = 200_000;
+        // The same appends to a log that drops its full segments: the cost without spilling.
+        let mut dropping: CommitLog<PublishData> = CommitLog::new(4 << 20, 4).unwrap();
+        let started = Instant::now();
+        for n in 0..count {
+            dropping.append(message(n, 1024));
+        }
+        let in_memory = started.elapsed();
+        drop(dropping);
+        let mut log: CommitLog<PublishData> = CommitLog::new(4 << 20, 4).unwrap();
+        let started = Instant::now();
+        for n in 0..count {
+            if log.next_append_drops_head() {
+                log.spill_head(&mut spill, 0, "f").unwrap();
+            }
+            log.append(message(n, 1024));
+        }
+        let written = started.elapsed();
+        let on_disk = spill.used();
+        let started = Instant::now();
+        let (mut cursor, mut read) = ((0, 0), 0);
+        loop {
+            let mut out = Vec::new();
+            let position = log
+                .readv_with(cursor, 100, &mut out, Some(&spill), "f")
+                .unwrap();
+            read += out.len();
+            match position {
+                Position::Next { end, .. } => cursor = end,
+                Position::Done { .. } => break,
+            }
+        }
+        let read_time = started.elapsed();
+        assert_eq!(read, count as usize);
+        let mb = |bytes: u64, time: Duration| bytes as f64 / 1e6 / time.as_secs_f64();
+        eprintln!(
+            "{count} messages of 1 KiB appended in {written:?} ({:.0} MB/s; {in_memory:?} \
+             without spilling), {on_disk} bytes spilled; read back in {read_time:?} \
+             ({:.0} MB/s)",
+            mb(count * 1024, written),
+            mb(on_disk, read_time)
+        );
+    }
+
     #[test]
     fn publish_filters_updating_correctly_on_new_topic_subscription() {
         let config = RouterConfig {
