@@ -3844,14 +3844,24 @@ mod durability_tests {
     use crate::router::Ack;
     use std::sync::Mutex;
 
-    /// Drops reported to the observer: (subscriber, count, reason, first).
+    /// Drops reported to the observer: (subscriber, count, reason, first); and the spill
+    /// operations that failed.
     #[derive(Default)]
-    struct Drops(Mutex<Vec<(String, u64, DropReason, bool)>>);
+    struct Drops(
+        Mutex<Vec<(String, u64, DropReason, bool)>>,
+        Mutex<Vec<String>>,
+    );
 
     impl Observer for Drops {
         fn dropped(&self, subscriber: &str, _: &str, count: u64, reason: DropReason, first: bool) {
             if let Ok(mut drops) = self.0.lock() {
                 drops.push((subscriber.to_owned(), count, reason, first));
+            }
+        }
+
+        fn spill_failed(&self, _filter: &str, op: &str, _error: &std::io::Error) {
+            if let Ok(mut failed) = self.1.lock() {
+                failed.push(op.to_owned());
             }
         }
     }
@@ -4147,6 +4157,42 @@ mod durability_tests {
         assert!(router.held.is_empty());
         router.delete_spilled();
         assert_eq!(spill_files(dir.path()), 0);
+        assert!(drops.0.lock().map(|d| d.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn a_spill_area_that_fails_holds_the_publishers_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let drops = Arc::new(Drops::default());
+        let area = SpillArea::open(dir.path(), 1 << 20).unwrap();
+        let mut router = small_router(drops.clone()).spill(area);
+        // The directory goes away under the router: every write fails.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let subscriber = connect(&mut router, "s", false);
+        subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+        router.events(subscriber.id, Event::Disconnect);
+
+        let publisher = connect(&mut router, "p", true);
+        pubacks(&publisher);
+        for n in 0..100 {
+            publish(&mut router, &publisher, n);
+        }
+        let acked = pubacks(&publisher);
+        assert!(
+            (10..50).contains(&acked),
+            "the log alone holds about 20 messages: {acked} acknowledged"
+        );
+        assert_eq!(router.held.len(), 1, "the publisher is held");
+        let failed = drops.1.lock().map(|f| f.clone()).unwrap_or_default();
+        assert!(
+            !failed.is_empty() && failed.iter().all(|op| op == "write"),
+            "{failed:?}"
+        );
+
+        let received = read_back_all(&mut router, 100);
+        assert_eq!(received, (0..100).collect::<Vec<_>>());
+        assert_eq!(acked + pubacks(&publisher), 100);
+        assert!(router.held.is_empty());
         assert!(drops.0.lock().map(|d| d.is_empty()).unwrap_or(false));
     }
 }
