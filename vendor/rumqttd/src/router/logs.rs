@@ -103,8 +103,9 @@ impl Spillable for PublishData {
         let epoch = epoch();
         let nanos = match self.timestamp.checked_duration_since(epoch) {
             Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
-            None => -i64::try_from(epoch.duration_since(self.timestamp).as_nanos())
-                .unwrap_or(i64::MAX),
+            None => {
+                -i64::try_from(epoch.duration_since(self.timestamp).as_nanos()).unwrap_or(i64::MAX)
+            }
         };
         out.extend_from_slice(&nanos.to_le_bytes());
         put_bytes(out, &publish.topic);

@@ -259,7 +259,12 @@ where
                 Some(spilled) => (spilled.absolute_offset, spilled.next_offset()),
                 None => {
                     // Spilled segments are contiguous up to `head`: not reached.
-                    cursor = (self.head, self.segments.front().map_or(cursor.1, |s| s.absolute_offset));
+                    cursor = (
+                        self.head,
+                        self.segments
+                            .front()
+                            .map_or(cursor.1, |s| s.absolute_offset),
+                    );
                     break;
                 }
             };

@@ -181,7 +181,10 @@ mod tests {
     }
 
     fn payloads_of(bytes: &[u8], scan: &Scan) -> Vec<Vec<u8>> {
-        scan.records.iter().map(|r| bytes[r.clone()].to_vec()).collect()
+        scan.records
+            .iter()
+            .map(|r| bytes[r.clone()].to_vec())
+            .collect()
     }
 
     #[test]
@@ -223,7 +226,14 @@ mod tests {
                     "cut at {cut}: {:?}",
                     scan.damage
                 );
-                assert_eq!(scan.valid_len, ends.iter().copied().filter(|e| *e <= cut).max().unwrap_or(0));
+                assert_eq!(
+                    scan.valid_len,
+                    ends.iter()
+                        .copied()
+                        .filter(|e| *e <= cut)
+                        .max()
+                        .unwrap_or(0)
+                );
             }
         }
     }
@@ -238,7 +248,10 @@ mod tests {
                 garbled[at] ^= flip;
                 let scan = scan(&garbled);
                 // The record holding the flipped byte is the first one refused.
-                let hit = ends.iter().position(|end| at < *end).unwrap_or(payloads.len());
+                let hit = ends
+                    .iter()
+                    .position(|end| at < *end)
+                    .unwrap_or(payloads.len());
                 assert!(scan.damage.is_some(), "byte {at} ^ {flip:#x} undetected");
                 assert_eq!(
                     payloads_of(&garbled, &scan),
@@ -284,7 +297,10 @@ mod tests {
         let last = garbled.len() - 1;
         garbled[last] ^= 0x55;
         write_new(&path, &garbled)?;
-        assert_eq!(recover(&path)?.map(|(damage, _)| damage), Some(Damage::Checksum));
+        assert_eq!(
+            recover(&path)?.map(|(damage, _)| damage),
+            Some(Damage::Checksum)
+        );
         let (read_back, scan) = read(&path)?;
         assert_eq!(payloads_of(&read_back, &scan), payloads[..2].to_vec());
         Ok(())

@@ -371,7 +371,9 @@ where
                     }
                 }
                 if segment.len() < spilled.len {
-                    let why = scan.damage.map_or("not a spill file of this segment", |d| d.as_str());
+                    let why = scan
+                        .damage
+                        .map_or("not a spill file of this segment", |d| d.as_str());
                     Some(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
@@ -449,7 +451,9 @@ mod tests {
         let mut read = Vec::new();
         loop {
             let mut out = Vec::new();
-            let position = log.readv_with(cursor, 7, &mut out, Some(spill), "f").unwrap();
+            let position = log
+                .readv_with(cursor, 7, &mut out, Some(spill), "f")
+                .unwrap();
             for (bytes, offset) in out {
                 let n: u64 = std::str::from_utf8(&bytes[..8]).unwrap().parse().unwrap();
                 assert_eq!(n, offset.1, "message {n} read at its own offset");
@@ -472,13 +476,19 @@ mod tests {
         assert!(log.has_spilled());
         assert_eq!(log.start_offset(), 0, "nothing was dropped");
         let files = fs::read_dir(dir.path())?
-            .filter(|e| e.as_ref().is_ok_and(|e| is_spill_file(&e.file_name().to_string_lossy())))
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| is_spill_file(&e.file_name().to_string_lossy()))
+            })
             .count();
         assert_eq!(files, log.spilled.len());
         assert!(spill.used() > 0);
 
         // From the start, across spilled and in-memory segments, with the same offsets.
-        assert_eq!(read_all(&mut log, &spill, (0, 0)), (0..100).collect::<Vec<_>>());
+        assert_eq!(
+            read_all(&mut log, &spill, (0, 0)),
+            (0..100).collect::<Vec<_>>()
+        );
         // From the middle of a spilled segment.
         let second = &log.spilled[1];
         let from = (second.index, second.absolute_offset + 3);
@@ -487,7 +497,13 @@ mod tests {
             (from.1..100).collect::<Vec<_>>()
         );
         let reads = |events: &Events| {
-            events.0.lock().unwrap().iter().filter(|e| e.starts_with("read")).count()
+            events
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.starts_with("read"))
+                .count()
         };
         assert!(reads(&events) >= log.spilled.len());
 
@@ -500,14 +516,19 @@ mod tests {
         assert_eq!(log.start_offset(), passed);
         // A reader still further behind jumps to what is left (the router reports the jump).
         let mut out = Vec::new();
-        let position = log.readv_with((0, 0), 1, &mut out, Some(&spill), "f").unwrap();
+        let position = log
+            .readv_with((0, 0), 1, &mut out, Some(&spill), "f")
+            .unwrap();
         assert!(matches!(position, Position::Next { start: (_, s), .. } if s == passed));
 
         assert!(!log.delete_spilled_before(u64::MAX, &mut spill, 7, "f"));
         assert_eq!(spill.used(), 0);
         assert!(spill.logs.is_empty());
         let left = fs::read_dir(dir.path())?
-            .filter(|e| e.as_ref().is_ok_and(|e| is_spill_file(&e.file_name().to_string_lossy())))
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| is_spill_file(&e.file_name().to_string_lossy()))
+            })
             .count();
         assert_eq!(left, 0, "every spill file is deleted");
         Ok(())
@@ -556,12 +577,18 @@ mod tests {
         let (count, len) = (first.len, fs::metadata(&first.path)?.len());
         let cut = (records::HEADER + MAGIC.len() + 16 + 3 * (records::HEADER + 100) + 50) as u64;
         assert!(cut < len);
-        OpenOptions::new().write(true).open(&first.path)?.set_len(cut)?;
+        OpenOptions::new()
+            .write(true)
+            .open(&first.path)?
+            .set_len(cut)?;
 
         let read = read_all(&mut log, &spill, (0, 0));
         let mut expected: Vec<u64> = (0..3).collect();
         expected.extend(count..40);
-        assert_eq!(read, expected, "the whole records, then the next segment; no garbage");
+        assert_eq!(
+            read, expected,
+            "the whole records, then the next segment; no garbage"
+        );
         assert!(events
             .0
             .lock()
@@ -577,8 +604,14 @@ mod tests {
         fs::write(dir.path().join("3-17.seg"), b"old")?;
         fs::write(dir.path().join("notes.txt"), b"not ours")?;
         let area = SpillArea::open(dir.path(), 1 << 20)?;
-        assert!(!dir.path().join("3-17.seg").exists(), "a leftover spill file is removed");
-        assert!(dir.path().join("notes.txt").exists(), "other files are left alone");
+        assert!(
+            !dir.path().join("3-17.seg").exists(),
+            "a leftover spill file is removed"
+        );
+        assert!(
+            dir.path().join("notes.txt").exists(),
+            "other files are left alone"
+        );
         let again = SpillArea::open(dir.path(), 1 << 20);
         assert!(again.is_err(), "a second user of the directory is refused");
         drop(area);
