@@ -4,7 +4,10 @@
 //!
 //! A large plain file without quotes is cut into one part per core ([`super::split`]), each
 //! parsed by its own thread into its own [`Intake`]; rows keep their line numbers in the
-//! file. Gzip and quoted files are read by one thread.
+//! file. Without a quote a row is a line and a field is what lies between its commas, so
+//! such files (a small one as a single part) are cut by [`read_plain_rows`] with `memchr`,
+//! not by the csv crate's byte-by-byte state machine. Gzip and quoted files are read by one
+//! thread with the csv crate.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,12 +42,13 @@ pub(crate) fn read(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_THREADS);
-    if source.format == Format::Csv
-        && !source.quoted
-        && source.bytes >= PARALLEL_MIN_BYTES
-        && threads > 1
-    {
-        if let Some(plan) = split::plan(&source.path, source.bytes, threads)? {
+    if source.format == Format::Csv && !source.quoted {
+        let parts = if source.bytes >= PARALLEL_MIN_BYTES {
+            threads
+        } else {
+            1
+        };
+        if let Some(plan) = split::plan(&source.path, source.bytes, parts)? {
             return read_parts(source, &plan, new_intake, show_progress);
         }
     }
@@ -139,11 +143,10 @@ fn read_parts(
                             part.end,
                             consumed.clone(),
                         )?;
-                        let mut reader = csv_reader(text, false);
                         let mut reported = 0;
-                        read_rows(
+                        read_plain_rows(
                             source,
-                            &mut reader,
+                            text,
                             shape,
                             part.lines_before as i64,
                             &mut intake,
@@ -217,21 +220,141 @@ fn read_rows<R: Read>(
             continue;
         }
         let line = lines_before + record.position().map_or(0, |p| p.line()) as i64;
-        match parse(
-            &record,
-            &shape.columns,
-            shape.fields,
-            line,
-            &mut intake.clock,
-        ) {
-            Ok(trip) => intake.trip(&trip, || raw(&record))?,
-            Err(problem) => intake.reject(line, problem, || raw(&record))?,
-        }
+        row(&record, shape, line, intake)?;
         if intake.seen() >= next_update {
             next_update += EVERY;
             tick(intake.seen());
             intake.check_cancelled()?;
         }
+    }
+}
+
+/// Bytes read at a time by [`read_plain_rows`] (more when a line is longer).
+const PLAIN_BUFFER: usize = 1 << 20;
+
+/// Reads the rows of `text`, a part of a plain file without any `"`, into `intake`: each
+/// line (up to `\n`) is a row, each comma ends a field, empty lines are skipped (what the
+/// csv crate makes of such a file). Rows get their true line numbers: `lines_before` plus
+/// their line in `text` (the csv crate gives a row after empty lines the number of the
+/// first of them). `tick` is called with the rows seen every [`EVERY`] rows.
+fn read_plain_rows<R: Read>(
+    source: &Source,
+    mut text: R,
+    shape: &Shape,
+    lines_before: i64,
+    intake: &mut Intake,
+    tick: &mut dyn FnMut(u64),
+) -> anyhow::Result<()> {
+    let mut buffer = vec![0u8; PLAIN_BUFFER];
+    let mut filled = 0;
+    let mut line = lines_before;
+    let mut commas: Vec<usize> = Vec::with_capacity(32);
+    let mut next_update = EVERY;
+    loop {
+        if filled == buffer.len() {
+            // A line longer than the buffer.
+            buffer.resize(buffer.len() * 2, 0);
+        }
+        let read = match text.read(&mut buffer[filled..]) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("{}: cannot read line {}", source.path.display(), line + 1)
+                })
+            }
+        };
+        let at_end = read == 0;
+        filled += read;
+        let mut start = 0;
+        while start < filled {
+            let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
+                Some(at) => start + at,
+                None if at_end => filled,
+                None => break,
+            };
+            let row_text = &buffer[start..end];
+            start = end + 1;
+            line += 1;
+            commas.clear();
+            commas.extend(memchr::memchr_iter(b',', row_text));
+            if commas.is_empty() && row_text.trim_ascii().is_empty() {
+                // An empty line (or `\r`): not a row.
+                continue;
+            }
+            let fields = PlainRow {
+                text: row_text,
+                commas: &commas,
+            };
+            row(&fields, shape, line, intake)?;
+            if intake.seen() >= next_update {
+                next_update += EVERY;
+                tick(intake.seen());
+                intake.check_cancelled()?;
+            }
+        }
+        if at_end {
+            return Ok(());
+        }
+        let start = start.min(filled);
+        buffer.copy_within(start..filled, 0);
+        filled -= start;
+    }
+}
+
+/// One row into `intake`: a trip, or a reject with its reason.
+fn row(record: &impl Fields, shape: &Shape, line: i64, intake: &mut Intake) -> anyhow::Result<()> {
+    match parse(
+        record,
+        &shape.columns,
+        shape.fields,
+        line,
+        &mut intake.clock,
+    ) {
+        Ok(trip) => intake.trip(&trip, || raw(record)),
+        Err(problem) => intake.reject(line, problem, || raw(record)),
+    }
+}
+
+/// The fields of one row, as the csv crate or [`read_plain_rows`] cut them.
+trait Fields {
+    /// How many fields the row has.
+    fn count(&self) -> usize;
+    /// Field `i`, empty past the last one.
+    fn field(&self, i: usize) -> &[u8];
+}
+
+impl Fields for ByteRecord {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        self.get(i).unwrap_or(b"")
+    }
+}
+
+/// A line of a file without quotes and the offsets of its commas.
+struct PlainRow<'a> {
+    text: &'a [u8],
+    commas: &'a [usize],
+}
+
+impl Fields for PlainRow<'_> {
+    fn count(&self) -> usize {
+        self.commas.len() + 1
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            None => 0,
+            Some(before) => match self.commas.get(before) {
+                Some(&comma) => comma + 1,
+                None => return b"",
+            },
+        };
+        let end = self.commas.get(i).copied().unwrap_or(self.text.len());
+        &self.text[start..end]
     }
 }
 
@@ -246,29 +369,26 @@ pub(crate) fn short_name(source: &Source) -> String {
 
 /// One row into a trip, or what is wrong with it.
 fn parse(
-    record: &ByteRecord,
+    record: &impl Fields,
     c: &Columns,
     header_len: usize,
     line: i64,
     clock: &mut NewYorkClock,
 ) -> Result<Trip, Problem> {
-    if record.len() != header_len {
-        let extra_empty = record.len() > header_len
-            && record
-                .iter()
-                .skip(header_len)
-                .all(|f| f.trim_ascii().is_empty());
+    if record.count() != header_len {
+        let extra_empty = record.count() > header_len
+            && (header_len..record.count()).all(|i| record.field(i).trim_ascii().is_empty());
         if !extra_empty {
             return Err(Problem::new(
                 Reason::UnknownRowLayout,
                 format!(
                     "the row has {} fields, the header {header_len}",
-                    record.len()
+                    record.count()
                 ),
             ));
         }
     }
-    let field = |i: usize| record.get(i).unwrap_or(b"").trim_ascii();
+    let field = |i: usize| record.field(i).trim_ascii();
     let vendor_id = small(field(c.vendor_id), "VendorID", true)?;
     let pickup_text = field(c.pickup_at);
     let pickup = local_seconds(pickup_text)
@@ -357,10 +477,11 @@ fn bad_time(column: &str, text: &[u8]) -> Problem {
 }
 
 /// The row's fields as one CSV line (quoted where needed), without its line break.
-fn raw(record: &ByteRecord) -> String {
+fn raw(record: &impl Fields) -> String {
     let mut line = String::new();
-    let last = record.len().saturating_sub(1);
-    for (i, field) in record.iter().enumerate() {
+    let last = record.count().saturating_sub(1);
+    for i in 0..record.count() {
+        let field = record.field(i);
         if i > 0 {
             line.push(',');
         }
@@ -547,6 +668,39 @@ mod tests {
         for parts in [2, 3] {
             assert_eq!(import(&source, Some(parts)), one, "{parts} parts");
         }
+    }
+
+    #[test]
+    fn plain_rows_keep_their_true_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("yellow.csv");
+        // Line 1 the header, 2 a row, 3 and 4 empty, 5 a bad row, 6 `\r`, 7 a row without
+        // a line break at the end.
+        let bad = GOOD.replace("17.05", "x");
+        let text = format!("{COORDINATES_HEADER}\n{GOOD}\n\n\n{bad}\n\r\n{GOOD}");
+        std::fs::write(&path, &text).unwrap();
+        let source = super::super::source::inspect(&path).unwrap();
+        for parts in [1, 2] {
+            let (rows, rejects, days) = import(&source, Some(parts));
+            assert_eq!(rows, 2, "{parts} parts");
+            assert_eq!(rejects, vec![(5, Reason::Unparseable)], "{parts} parts");
+            assert_eq!(days.len(), 1);
+            assert_eq!(days[0].1, vec![2, 7], "{parts} parts");
+        }
+    }
+
+    #[test]
+    fn plain_fields_are_cut_at_commas() {
+        let text = b"a,,bc,";
+        let commas: Vec<usize> = memchr::memchr_iter(b',', text).collect();
+        let row = PlainRow {
+            text,
+            commas: &commas,
+        };
+        assert_eq!(row.count(), 4);
+        let fields: Vec<&[u8]> = (0..5).map(|i| row.field(i)).collect();
+        assert_eq!(fields, [&b"a"[..], b"", b"bc", b"", b""]);
+        assert_eq!(raw(&row), "a,,bc,");
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub(crate) struct Plan {
 
 /// Cuts the `bytes` bytes of `path` into at most `parts` parts of about the same size, after
 /// the header line. `None` when there is no line break in the first MiB (the one-thread
-/// reader reports what is wrong) or when the rows do not make two parts.
+/// reader reports what is wrong) or when more parts were asked for and the rows do not make
+/// two.
 pub(crate) fn plan(path: &Path, bytes: u64, parts: usize) -> anyhow::Result<Option<Plan>> {
     let name = path.display();
     let mut file = File::open(path).with_context(|| format!("{name}: cannot open it"))?;
@@ -69,7 +70,7 @@ pub(crate) fn plan(path: &Path, bytes: u64, parts: usize) -> anyhow::Result<Opti
             _ => {}
         }
     }
-    if starts.len() < 2 {
+    if starts.len() < 2 && parts > 1 {
         return Ok(None);
     }
     let ranges: Vec<(u64, u64)> = starts
