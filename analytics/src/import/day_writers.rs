@@ -1,20 +1,27 @@
 //! The threads that turn batches of trips into local Parquet files, one file per New York
 //! day of pickup, with the lake's `trips_nyc` schema, ready to publish.
 //!
-//! There is one writer thread per core. Each day belongs to one writer (by its number), so
-//! a day's rows always end in one file even when several readers parse parts of the same
-//! source file at once: readers send `(day, batch)` through a [`DaySink`], and the writer
-//! owning that day appends the batch. A writer keeps one `ArrowWriter` per day open; when
-//! the row groups being built in all of them together pass its share of [`MEMORY_BUDGET`],
-//! the largest is flushed to its file. Memory is therefore bounded by the number of days a
-//! file touches, never by its length.
+//! There is one writer thread per core. Each day belongs to one writer, so a day's rows
+//! always end in one file even when several readers parse parts of the same source file at
+//! once: readers send `(day, batch)` through a [`DaySink`], and the writer owning that day
+//! appends the batch. A day is given to a writer when its first batch comes: the writer of
+//! the reader that sent it (reader n sends to writer n, modulo the writers). Readers of a
+//! file's parts mostly see days of their own (TLC files are roughly in pickup order), so
+//! each writer gets the work of one reader; a fixed choice such as day modulo writers would
+//! often give two readers' current days to the same writer while another one waits.
+//!
+//! A writer keeps one `ArrowWriter` per day open; when the row groups being built in all of
+//! them together pass its share of [`MEMORY_BUDGET`], the largest is flushed to its file.
+//! Memory is therefore bounded by the number of days a file touches, never by its length.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context};
@@ -61,17 +68,26 @@ pub(crate) fn date_of(day: i32) -> anyhow::Result<jiff::civil::Date> {
     .with_context(|| format!("day {year}-{month}-{date}"))
 }
 
+/// Which writer owns each day, shared by the sinks of one import.
+type Owners = Arc<Mutex<HashMap<i32, usize>>>;
+
 /// The writer threads of one import.
 pub(crate) struct DayWriters {
     schema: SchemaRef,
     queues: Vec<SyncSender<(i32, RecordBatch)>>,
     threads: Vec<JoinHandle<anyhow::Result<Vec<DayFile>>>>,
+    owners: Owners,
+    sinks: AtomicUsize,
 }
 
 /// Where a reader sends its batches: to the writer that owns the batch's day.
-#[derive(Clone)]
 pub(crate) struct DaySink {
     queues: Vec<SyncSender<(i32, RecordBatch)>>,
+    owners: Owners,
+    /// The writer this reader gives the days it is the first to send.
+    own: usize,
+    /// The owners this reader has looked up.
+    known: HashMap<i32, usize>,
 }
 
 impl DayWriters {
@@ -100,6 +116,8 @@ impl DayWriters {
             schema,
             queues,
             threads,
+            owners: Arc::default(),
+            sinks: AtomicUsize::new(0),
         })
     }
 
@@ -108,11 +126,16 @@ impl DayWriters {
         &self.schema
     }
 
-    /// A sink for one reader. The writers end once every sink is dropped and
-    /// [`DayWriters::finish`] is called.
+    /// A sink for one reader (the n-th sink gives new days to writer n, modulo the
+    /// writers). The writers end once every sink is dropped and [`DayWriters::finish`] is
+    /// called.
     pub(crate) fn sink(&self) -> DaySink {
+        let n = self.sinks.fetch_add(1, Ordering::Relaxed);
         DaySink {
             queues: self.queues.clone(),
+            owners: self.owners.clone(),
+            own: n % self.queues.len().max(1),
+            known: HashMap::new(),
         }
     }
 
@@ -154,16 +177,35 @@ impl Drop for DayWriters {
 impl DaySink {
     /// Hands `batch` of `day` to its writer; an error means that writer stopped (its own
     /// error comes from [`DayWriters::finish`]).
-    pub(crate) fn send(&self, day: i32, batch: RecordBatch) -> anyhow::Result<()> {
-        let index = day.rem_euclid(self.queues.len() as i32) as usize;
+    pub(crate) fn send(&mut self, day: i32, batch: RecordBatch) -> anyhow::Result<()> {
+        let index = match self.known.get(&day) {
+            Some(&index) => index,
+            None => {
+                let index = *self
+                    .owners
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(day)
+                    .or_insert(self.own);
+                self.known.insert(day, index);
+                index
+            }
+        };
         self.queues[index]
             .send((day, batch))
             .map_err(|_| anyhow!("the import's writer stopped"))
     }
 }
 
-/// The lake's writer settings, without dictionaries for [`WITHOUT_DICTIONARY`].
+/// zstd level of the day files: 1 (zstd's fast strategy) instead of the lake's usual 3.
+/// Compressing was the largest part of a writer's time, and the import's peak memory is
+/// lower too (every open column chunk of every open day has its own compression context).
+const ZSTD_LEVEL: i32 = 1;
+
+/// The lake's writer settings, without dictionaries for [`WITHOUT_DICTIONARY`], compressed
+/// at [`ZSTD_LEVEL`].
 fn writer_properties() -> parquet::file::properties::WriterProperties {
+    let level = parquet::basic::ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default();
     WITHOUT_DICTIONARY
         .iter()
         .fold(lake::writer_properties_builder(), |builder, column| {
@@ -172,6 +214,7 @@ fn writer_properties() -> parquet::file::properties::WriterProperties {
                 false,
             )
         })
+        .set_compression(parquet::basic::Compression::ZSTD(level))
         .build()
 }
 
