@@ -10,7 +10,7 @@
 //! The lake's `dt` is the local day of the configured zone (lake.md), so a day's partition
 //! is exactly that day, 23, 24 or 25 hours of it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type};
@@ -36,31 +36,42 @@ pub async fn summarize(ctx: &SessionContext, day: Date) -> anyhow::Result<DaySum
         ),
     )
     .await?;
-    // Read in place: the pairs can be millions (taxis x zones) on a busy day.
-    let mut taxis: HashSet<String> = HashSet::new();
+    // Read in place: the pairs can be millions (taxis x zones) on a busy day. Zones and
+    // taxis are borrowed from the batches and hashed (not ordered) while counting; the
+    // zones are ordered once at the end.
+    let columns = batches
+        .iter()
+        .map(|batch| {
+            Ok((
+                frames::column(batch, "zone", &DataType::Utf8)?,
+                frames::column(batch, "taxi_id", &DataType::Utf8)?,
+                frames::column(batch, "n", &DataType::Int64)?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut taxis: HashSet<&str> = HashSet::new();
+    // Per zone: (taxis, positions).
+    let mut per_zone: HashMap<&str, (i64, i64)> = HashMap::new();
     let mut positions = 0;
-    for batch in &batches {
-        let zone = frames::column(batch, "zone", &DataType::Utf8)?;
-        let taxi = frames::column(batch, "taxi_id", &DataType::Utf8)?;
-        let n = frames::column(batch, "n", &DataType::Int64)?;
+    for (zone, taxi, n) in &columns {
         let (zone, taxi, n) = (
             zone.as_string::<i32>(),
             taxi.as_string::<i32>(),
             n.as_primitive::<Int64Type>(),
         );
-        for i in 0..batch.num_rows() {
+        for i in 0..zone.len() {
             let n = if n.is_null(i) { 0 } else { n.value(i) };
-            let row = match zones.get_mut(zone.value(i)) {
-                Some(row) => row,
-                None => zone_row(&mut zones, zone.value(i).to_owned()),
-            };
-            row.active_taxis = Some(row.active_taxis.unwrap_or(0) + 1);
-            row.positions = Some(row.positions.unwrap_or(0) + n);
+            let counts = per_zone.entry(zone.value(i)).or_default();
+            counts.0 += 1;
+            counts.1 += n;
             positions += n;
-            if !taxis.contains(taxi.value(i)) {
-                taxis.insert(taxi.value(i).to_owned());
-            }
+            taxis.insert(taxi.value(i));
         }
+    }
+    for (zone, (zone_taxis, zone_positions)) in per_zone {
+        let row = zone_row(&mut zones, zone.to_owned());
+        row.active_taxis = Some(row.active_taxis.unwrap_or(0) + zone_taxis);
+        row.positions = Some(row.positions.unwrap_or(0) + zone_positions);
     }
     totals.active_taxis = Some(taxis.len() as i64);
     totals.positions = Some(positions);
