@@ -1,6 +1,10 @@
-//! `bench broker`: the same three phases (throughput and latency, handshakes, idle memory)
-//! against our broker and against Mosquitto, on one machine with one set of certificates.
-//! Every phase gets a fresh broker process, so no phase inherits another's memory or state.
+//! `bench broker`: the same phases (throughput and latency, handshakes, idle memory, direct
+//! publishes to one taxi among many, a burst to a persistent subscriber) against our broker
+//! and against Mosquitto, on one machine with one set of certificates. Every phase gets a
+//! fresh broker process, so no phase inherits another's memory or state.
+
+pub mod burst;
+pub mod direct;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +18,8 @@ use crate::load::{self, LoadSpec};
 use crate::process::BrokerProcess;
 use crate::report::{self, BenchConfig, SystemResult};
 use crate::{baseline, target};
+use burst::BurstSpec;
+use direct::DirectSpec;
 use simulator::pki::BenchPki;
 
 /// A broker to measure.
@@ -43,6 +49,10 @@ pub enum Phase {
     Handshakes,
     /// Broker memory per idle connection.
     Idle,
+    /// Orders published by a backoffice straight to one taxi's inbox among many connected.
+    Direct,
+    /// Publishers flat out into one persistent QoS 1 subscriber: all acknowledged delivered?
+    Burst,
 }
 
 /// Everything `bench broker` is told.
@@ -57,6 +67,16 @@ pub struct BenchArgs {
     pub concurrency: usize,
     pub broker_bin: PathBuf,
     pub mosquitto_bin: PathBuf,
+    /// The throughput subscriber keeps its session (`clean_session = false`).
+    pub persistent_subscriber: bool,
+    /// Direct phase: connected taxis, their positions per second, orders per second.
+    pub direct_taxis: usize,
+    pub direct_position_rate: f64,
+    pub direct_rate: f64,
+    /// Burst phase: publishers, messages each, payload bytes.
+    pub burst_publishers: usize,
+    pub burst_messages: u64,
+    pub burst_bytes: usize,
     pub systems: Vec<System>,
     pub phases: Vec<Phase>,
     /// Keep the temporary directory with certificates, configurations and broker logs.
@@ -75,18 +95,28 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             System::Mosquitto => baseline::check_binary(&args.mosquitto_bin)?,
         }
     }
-    let needed = (args.idle.max(args.concurrency) + args.taxis + 1) as u64 + SPARE_FILES;
+    let clients = args.taxis.max(args.direct_taxis).max(args.burst_publishers);
+    let needed = (args.idle.max(args.concurrency) + clients + 2) as u64 + SPARE_FILES;
     raise_open_files(needed)?;
 
-    let identities = args.taxis.max(args.idle).max(args.concurrency);
+    let identities = clients.max(args.idle).max(args.concurrency);
     progress(
         "setup",
         format!("creating a CA, a server certificate and {identities} client certificates"),
     );
     let started = Instant::now();
-    let pki = tokio::task::spawn_blocking(move || BenchPki::create(identities))
-        .await
-        .context("certificate task failed")??;
+    let needs_backoffice = args.phases.contains(&Phase::Direct);
+    let (pki, backoffice) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let pki = BenchPki::create(identities)?;
+        let backoffice = if needs_backoffice {
+            Some(pki.issue("backoffice", "backoffice")?)
+        } else {
+            None
+        };
+        Ok((pki, backoffice))
+    })
+    .await
+    .context("certificate task failed")??;
     progress(
         "setup",
         format!(
@@ -108,13 +138,37 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         idle: args.idle,
         concurrency: args.concurrency,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        persistent_subscriber: args.persistent_subscriber,
+        direct_taxis: args.direct_taxis,
+        direct_position_rate: args.direct_position_rate,
+        direct_rate: args.direct_rate,
+        burst_publishers: args.burst_publishers,
+        burst_messages: args.burst_messages,
+        burst_bytes: args.burst_bytes,
+        phases: args.phases.clone(),
     };
     let spec = LoadSpec {
         taxis: args.taxis,
         rate: args.rate,
         warmup: Duration::from_secs_f64(args.warmup),
         measure: Duration::from_secs_f64(args.seconds),
+        persistent_subscriber: args.persistent_subscriber,
     };
+    let direct_spec = DirectSpec {
+        taxis: args.direct_taxis,
+        position_rate: args.direct_position_rate,
+        order_rate: args.direct_rate,
+        warmup: Duration::from_secs_f64(args.warmup),
+        measure: Duration::from_secs_f64(args.seconds),
+    };
+    let burst_spec = BurstSpec {
+        publishers: args.burst_publishers,
+        messages: args.burst_messages,
+        bytes: args.burst_bytes,
+        limit: Duration::from_secs(600),
+    };
+    let direct_limit = Duration::from_secs(240) + direct_spec.warmup + direct_spec.measure;
+    let burst_limit = burst_spec.limit + Duration::from_secs(120);
     // Generous bounds: every phase ends, whatever the broker does.
     let load_limit = spec.warmup + spec.measure + Duration::from_secs(120);
     let connect_limit = Duration::from_secs(60 + (args.handshakes.max(args.idle) as u64) / 10);
@@ -130,6 +184,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             load: None,
             handshakes: None,
             idle: None,
+            direct: None,
+            burst: None,
         };
         if runs(Phase::Throughput) {
             run_number += 1;
@@ -191,6 +247,48 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 format!("{:.1} KiB per idle connection", r.kib_per_connection())
             }));
         }
+        if runs(Phase::Direct) {
+            run_number += 1;
+            let outcome_direct = match &backoffice {
+                Some(backoffice) => {
+                    with_broker(
+                        system,
+                        &args,
+                        &pki,
+                        run_number,
+                        direct_limit,
+                        |addr, pid| direct::run(addr, &pki, backoffice, direct_spec, pid, &say),
+                    )
+                    .await
+                }
+                None => Err(anyhow::anyhow!("no backoffice identity")),
+            };
+            result.direct = Some(outcome(&say, outcome_direct, |r| {
+                format!(
+                    "{} of {} orders delivered, p50 {:.2} ms, p99 {:.2} ms",
+                    r.delivery.received,
+                    r.delivery.sent,
+                    r.delivery.latency.p50_us as f64 / 1000.0,
+                    r.delivery.latency.p99_us as f64 / 1000.0
+                )
+            }));
+        }
+        if runs(Phase::Burst) {
+            run_number += 1;
+            let burst = with_broker(system, &args, &pki, run_number, burst_limit, |addr, pid| {
+                burst::run(addr, &pki, burst_spec, pid, &say)
+            })
+            .await;
+            result.burst = Some(outcome(&say, burst, |r| {
+                format!(
+                    "{} acknowledged, {} delivered at {:.0} msg/s, lost {}",
+                    r.acked,
+                    r.delivered,
+                    r.delivered_per_s(),
+                    r.lost
+                )
+            }));
+        }
         results.push(result);
     }
     print!("{}", report::render(&config, &results));
@@ -233,6 +331,22 @@ fn validate(args: &BenchArgs) -> Result<()> {
     if args.idle == 0 || args.handshakes == 0 {
         bail!("--idle and --handshakes must be at least 1");
     }
+    if args.direct_taxis == 0 || args.direct_taxis > 20_000 {
+        bail!("--direct-taxis must be between 1 and 20000");
+    }
+    let position_rate_ok = args.direct_position_rate > 0.0 && args.direct_position_rate <= 100.0;
+    if !(0.1..=10_000.0).contains(&args.direct_rate) || !position_rate_ok {
+        bail!(
+            "--direct-rate must be 0.1 to 10000 orders/s and --direct-position-rate above 0 and \
+             at most 100"
+        );
+    }
+    if args.burst_publishers == 0 || args.burst_publishers > 20_000 || args.burst_messages == 0 {
+        bail!("--burst-publishers must be between 1 and 20000 and --burst-messages at least 1");
+    }
+    if !(16..=65_536).contains(&args.burst_bytes) {
+        bail!("--burst-bytes must be between 16 and 65536");
+    }
     if args.systems.is_empty() || args.phases.is_empty() {
         bail!("--systems and --phases must name at least one each");
     }
@@ -255,7 +369,8 @@ where
 {
     let mut broker: BrokerProcess = match system {
         System::Ours => {
-            let max_connections = args.idle.max(args.concurrency) + args.taxis + 1_000;
+            let clients = args.taxis.max(args.direct_taxis).max(args.burst_publishers);
+            let max_connections = args.idle.max(args.concurrency) + clients + 1_000;
             target::start(&args.broker_bin, pki, max_connections, run).await?
         }
         System::Mosquitto => baseline::start(&args.mosquitto_bin, pki, run).await?,

@@ -30,6 +30,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
 /// Errors kept for the report.
 const KEPT_ERRORS: usize = 5;
+/// Requests (its PUBACKs) the subscriber's client queues (the simulator's default).
+const SUBSCRIBER_REQUESTS: usize = 64;
 
 /// What to run.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +41,8 @@ pub struct LoadSpec {
     pub rate: f64,
     pub warmup: Duration,
     pub measure: Duration,
+    /// The subscriber keeps its session (`clean_session = false`), as a durable consumer does.
+    pub persistent_subscriber: bool,
 }
 
 /// What was measured.
@@ -173,6 +177,7 @@ pub async fn run(
         pki.operator.clone(),
         addr,
         spec.taxis,
+        spec.persistent_subscriber,
         timeline_rx,
         counters.clone(),
         stop_rx.clone(),
@@ -568,6 +573,7 @@ impl Subscriber {
         operator: simulator::pki::Client,
         addr: SocketAddr,
         taxis: usize,
+        persistent: bool,
         timeline: oneshot::Receiver<Timeline>,
         counters: Arc<Counters>,
         stop: watch::Receiver<bool>,
@@ -582,8 +588,10 @@ impl Subscriber {
                     .context("subscriber runtime")?;
                 runtime.block_on(async move {
                     let host = addr.ip().to_string();
-                    let (client, mut events) =
-                        client::new(&operator, &host, addr.port(), Duration::from_secs(30));
+                    let mut options =
+                        client::options(&operator, &host, addr.port(), Duration::from_secs(30));
+                    options.set_clean_session(!persistent);
+                    let (client, mut events) = client::with_options(options, SUBSCRIBER_REQUESTS);
                     let setup = async {
                         client::connect(&mut events, CONNECT_TIMEOUT)
                             .await

@@ -21,7 +21,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Measures our broker against Mosquitto on this machine: throughput and latency,
-    /// handshakes per second and memory per idle connection.
+    /// handshakes per second, memory per idle connection, direct publishes to one taxi among
+    /// many, and a burst into a persistent subscriber.
     Broker {
         /// Publishing taxis, one connection each.
         #[arg(long, default_value_t = 100)]
@@ -44,6 +45,27 @@ enum Command {
         /// Connections being opened at once in the handshake and idle phases.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// The throughput subscriber keeps its session (clean_session = false).
+        #[arg(long)]
+        persistent_subscriber: bool,
+        /// Direct phase: taxis connected and listening on their inboxes.
+        #[arg(long, default_value_t = 1_000)]
+        direct_taxis: usize,
+        /// Direct phase: positions per second per taxi.
+        #[arg(long, default_value_t = 1.0)]
+        direct_position_rate: f64,
+        /// Direct phase: orders per second published by the backoffice, each to a random taxi.
+        #[arg(long, default_value_t = 50.0)]
+        direct_rate: f64,
+        /// Burst phase: publishers, each with its own connection.
+        #[arg(long, default_value_t = 100)]
+        burst_publishers: usize,
+        /// Burst phase: QoS 1 messages per publisher.
+        #[arg(long, default_value_t = 5_000)]
+        burst_messages: u64,
+        /// Burst phase: payload bytes per message.
+        #[arg(long, default_value_t = 1_024)]
+        burst_bytes: usize,
         #[command(flatten)]
         broker: OurBroker,
         #[command(flatten)]
@@ -61,7 +83,7 @@ enum Command {
             long,
             value_enum,
             value_delimiter = ',',
-            default_value = "throughput,handshakes,idle"
+            default_value = "throughput,handshakes,idle,direct,burst"
         )]
         phases: Vec<Phase>,
         #[command(flatten)]
@@ -276,6 +298,13 @@ fn main() -> ExitCode {
                     idle,
                     handshakes,
                     concurrency,
+                    persistent_subscriber,
+                    direct_taxis,
+                    direct_position_rate,
+                    direct_rate,
+                    burst_publishers,
+                    burst_messages,
+                    burst_bytes,
                     broker,
                     mosquitto,
                     systems,
@@ -290,6 +319,13 @@ fn main() -> ExitCode {
                         idle,
                         handshakes,
                         concurrency,
+                        persistent_subscriber,
+                        direct_taxis,
+                        direct_position_rate,
+                        direct_rate,
+                        burst_publishers,
+                        burst_messages,
+                        burst_bytes,
                         broker_bin: broker.binary()?,
                         mosquitto_bin: mosquitto.mosquitto_bin,
                         systems,

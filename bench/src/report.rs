@@ -1,8 +1,12 @@
 //! The benchmark report: the configuration, then one table with each metric for our broker
-//! and for Mosquitto side by side, their ratio and which direction is better.
+//! and for Mosquitto side by side, their ratio and which direction is better, then each
+//! target (a bound on ours relative to Mosquitto's in the same run) met or missed.
 
 use std::fmt::Write;
 
+use crate::brokers::burst::BurstReport;
+use crate::brokers::direct::DirectReport;
+use crate::brokers::Phase;
 use crate::connections::{HandshakeReport, IdleReport};
 use crate::load::LoadReport;
 
@@ -19,6 +23,15 @@ pub struct BenchConfig {
     pub idle: usize,
     pub concurrency: usize,
     pub cpus: usize,
+    pub persistent_subscriber: bool,
+    pub direct_taxis: usize,
+    pub direct_position_rate: f64,
+    pub direct_rate: f64,
+    pub burst_publishers: usize,
+    pub burst_messages: u64,
+    pub burst_bytes: usize,
+    /// The phases run.
+    pub phases: Vec<Phase>,
 }
 
 /// One system's results: `None` for a phase not run, an error for one that failed.
@@ -27,6 +40,8 @@ pub struct SystemResult {
     pub load: Option<Result<LoadReport, String>>,
     pub handshakes: Option<Result<HandshakeReport, String>>,
     pub idle: Option<Result<IdleReport, String>>,
+    pub direct: Option<Result<DirectReport, String>>,
+    pub burst: Option<Result<BurstReport, String>>,
 }
 
 /// One cell of the table.
@@ -108,7 +123,14 @@ pub fn render(config: &BenchConfig, results: &[SystemResult]) -> String {
         ),
         (
             "subscriber",
-            "1 operator, QoS 1, taxi/+/position".to_owned(),
+            format!(
+                "1 operator, QoS 1, taxi/+/position, {}",
+                if config.persistent_subscriber {
+                    "persistent session"
+                } else {
+                    "clean session"
+                }
+            ),
         ),
         (
             "handshakes",
@@ -125,6 +147,30 @@ pub fn render(config: &BenchConfig, results: &[SystemResult]) -> String {
             ),
         ),
         (
+            "direct",
+            format!(
+                "{} taxis ({} positions/s each) listening on their inboxes; a backoffice \
+                 publishes {} QoS 1 orders/s to random ones",
+                config.direct_taxis,
+                trim(config.direct_position_rate),
+                trim(config.direct_rate)
+            ),
+        ),
+        (
+            "burst",
+            format!(
+                "{} publishers x {} QoS 1 messages of {} B, flat out ({:.0} MB), to one \
+                 persistent QoS 1 subscriber",
+                config.burst_publishers,
+                config.burst_messages,
+                config.burst_bytes,
+                config.burst_publishers as f64
+                    * config.burst_messages as f64
+                    * config.burst_bytes as f64
+                    / 1e6
+            ),
+        ),
+        (
             "machine",
             format!(
                 "{} CPUs shared by the load generator and the broker; loopback only",
@@ -133,6 +179,18 @@ pub fn render(config: &BenchConfig, results: &[SystemResult]) -> String {
         ),
     ];
     for (name, value) in lines {
+        // Only the phases that ran (a configuration without phases describes them all).
+        let phase = match name {
+            "taxis" | "rate" | "duration" | "message" | "subscriber" => Some(Phase::Throughput),
+            "handshakes" => Some(Phase::Handshakes),
+            "idle" => Some(Phase::Idle),
+            "direct" => Some(Phase::Direct),
+            "burst" => Some(Phase::Burst),
+            _ => None,
+        };
+        if phase.is_some_and(|phase| !config.phases.is_empty() && !config.phases.contains(&phase)) {
+            continue;
+        }
         let _ = writeln!(out, "  {name:<12} {value}");
     }
     for result in results {
@@ -146,7 +204,175 @@ pub fn render(config: &BenchConfig, results: &[SystemResult]) -> String {
     let rows = rows(results);
     let _ = writeln!(out);
     out.push_str(&table(&rows, results));
+    out.push_str(&targets(results));
     out.push_str(&failures(results));
+    out
+}
+
+/// A target: ours at most (or at least) `factor` times Mosquitto's, and nothing lost.
+struct Target {
+    what: &'static str,
+    /// (ours, Mosquitto's) when both phases succeeded.
+    values: Option<(f64, f64)>,
+    unit: &'static str,
+    better: Better,
+    factor: f64,
+}
+
+impl Target {
+    fn met(&self) -> Option<bool> {
+        let (ours, theirs) = self.values?;
+        Some(match self.better {
+            Better::Lower => ours <= theirs * self.factor,
+            Better::Higher => ours >= theirs * self.factor,
+            Better::Neither => true,
+        })
+    }
+}
+
+/// The targets, for a run of ours against Mosquitto (in either order).
+fn targets(results: &[SystemResult]) -> String {
+    let ours = results.iter().find(|r| r.name == "ours");
+    let theirs = results.iter().find(|r| r.name == "mosquitto");
+    let (Some(ours), Some(theirs)) = (ours, theirs) else {
+        return String::new();
+    };
+    fn both<T>(
+        a: &Option<Result<T, String>>,
+        b: &Option<Result<T, String>>,
+        f: impl Fn(&T) -> f64,
+    ) -> Option<Option<(f64, f64)>> {
+        match (a, b) {
+            (None, _) | (_, None) => None,
+            (Some(Ok(a)), Some(Ok(b))) => Some(Some((f(a), f(b)))),
+            _ => Some(None),
+        }
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut list: Vec<Target> = Vec::new();
+    let mut add = |what: &'static str,
+                   values: Option<Option<(f64, f64)>>,
+                   unit: &'static str,
+                   better: Better,
+                   factor: f64| {
+        if let Some(values) = values {
+            list.push(Target {
+                what,
+                values,
+                unit,
+                better,
+                factor,
+            });
+        }
+    };
+    use Better::{Higher, Lower};
+    add(
+        "throughput: latency p50 at most Mosquitto's",
+        both(&ours.load, &theirs.load, |r| ms(r.latency.p50_us)),
+        "ms",
+        Lower,
+        1.0,
+    );
+    add(
+        "throughput: latency p99 at most Mosquitto's",
+        both(&ours.load, &theirs.load, |r| ms(r.latency.p99_us)),
+        "ms",
+        Lower,
+        1.0,
+    );
+    add(
+        "throughput: broker CPU per delivered message at most Mosquitto's",
+        both(&ours.load, &theirs.load, |r| r.broker_cpu_us_per_msg()),
+        "us",
+        Lower,
+        1.0,
+    );
+    add(
+        "throughput: nothing acknowledged lost (ours; Mosquitto's for reference)",
+        both(&ours.load, &theirs.load, |r| r.lost as f64),
+        "lost",
+        Lower,
+        0.0,
+    );
+    add(
+        "idle: memory per idle connection at most Mosquitto's",
+        both(&ours.idle, &theirs.idle, |r| r.kib_per_connection()),
+        "KiB",
+        Lower,
+        1.0,
+    );
+    add(
+        "direct: order p99 at most 1.5x Mosquitto's",
+        both(&ours.direct, &theirs.direct, |r| {
+            ms(r.delivery.latency.p99_us)
+        }),
+        "ms",
+        Lower,
+        1.5,
+    );
+    add(
+        "direct: every order delivered (ours; Mosquitto's for reference)",
+        both(&ours.direct, &theirs.direct, |r| {
+            r.delivery.missing() as f64
+        }),
+        "missing",
+        Lower,
+        0.0,
+    );
+    add(
+        "burst: every acknowledged message delivered (ours; Mosquitto's for reference)",
+        both(&ours.burst, &theirs.burst, |r| r.lost as f64),
+        "lost",
+        Lower,
+        0.0,
+    );
+    add(
+        "burst: delivery rate at least Mosquitto's",
+        both(&ours.burst, &theirs.burst, |r| r.delivered_per_s()),
+        "msg/s",
+        Higher,
+        1.0,
+    );
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "\nTargets (ours against Mosquitto in this run)");
+    let mut missed = Vec::new();
+    for target in &list {
+        let (verdict, detail) = match (target.met(), target.values) {
+            (Some(met), Some((a, b))) => {
+                let ratio = if b != 0.0 {
+                    format!(", {:.2}x", a / b)
+                } else {
+                    String::new()
+                };
+                (
+                    if met { "met" } else { "MISSED" },
+                    format!(
+                        "ours {a:.2} {u}, Mosquitto {b:.2} {u}{ratio}",
+                        u = target.unit
+                    ),
+                )
+            }
+            _ => ("MISSED", "a phase failed".to_owned()),
+        };
+        if verdict == "MISSED" {
+            missed.push(target.what);
+        }
+        let _ = writeln!(out, "  {verdict:<7} {}: {detail}", target.what);
+    }
+    if missed.is_empty() {
+        let _ = writeln!(out, "All {} targets met.", list.len());
+    } else {
+        let _ = writeln!(
+            out,
+            "Missed {} of {} targets: {}.",
+            missed.len(),
+            list.len(),
+            missed.join("; ")
+        );
+    }
     out
 }
 
@@ -159,6 +385,12 @@ fn rows(results: &[SystemResult]) -> Vec<Row> {
     };
     let idle = |f: &dyn Fn(&IdleReport) -> f64| -> Vec<Cell> {
         results.iter().map(|r| Cell::of(&r.idle, f)).collect()
+    };
+    let direct = |f: &dyn Fn(&DirectReport) -> f64| -> Vec<Cell> {
+        results.iter().map(|r| Cell::of(&r.direct, f)).collect()
+    };
+    let burst = |f: &dyn Fn(&BurstReport) -> f64| -> Vec<Cell> {
+        results.iter().map(|r| Cell::of(&r.burst, f)).collect()
     };
     let ms = |us: u64| us as f64 / 1000.0;
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -318,6 +550,91 @@ fn rows(results: &[SystemResult]) -> Vec<Row> {
             1,
             idle(&|r| r.kib_per_connection()),
         ),
+        row(
+            "direct: orders sent",
+            Neither,
+            0,
+            direct(&|r| r.delivery.sent as f64),
+        ),
+        row(
+            "direct: orders delivered",
+            Higher,
+            0,
+            direct(&|r| r.delivery.received as f64),
+        ),
+        row(
+            "direct: p50 (ms)",
+            Lower,
+            2,
+            direct(&|r| ms(r.delivery.latency.p50_us)),
+        ),
+        row(
+            "direct: p99 (ms)",
+            Lower,
+            2,
+            direct(&|r| ms(r.delivery.latency.p99_us)),
+        ),
+        row(
+            "direct: max (ms)",
+            Lower,
+            2,
+            direct(&|r| ms(r.delivery.latency.max_us)),
+        ),
+        row(
+            "direct: broker CPU (% of a core)",
+            Lower,
+            0,
+            direct(&|r| r.broker_cpu.percent()),
+        ),
+        row("burst: sent", Neither, 0, burst(&|r| r.sent as f64)),
+        row(
+            "burst: acked by PUBACK",
+            Neither,
+            0,
+            burst(&|r| r.acked as f64),
+        ),
+        row(
+            "burst: delivered",
+            Higher,
+            0,
+            burst(&|r| r.delivered as f64),
+        ),
+        row(
+            "burst: lost (acked, never delivered)",
+            Lower,
+            0,
+            burst(&|r| r.lost as f64),
+        ),
+        row(
+            "burst: duplicates delivered",
+            Lower,
+            0,
+            burst(&|r| r.duplicates as f64),
+        ),
+        row(
+            "burst: acked msgs/s",
+            Higher,
+            0,
+            burst(&|r| r.acked_per_s()),
+        ),
+        row(
+            "burst: delivered msgs/s",
+            Higher,
+            0,
+            burst(&|r| r.delivered_per_s()),
+        ),
+        row(
+            "burst: broker CPU per msg (us)",
+            Lower,
+            1,
+            burst(&|r| r.broker_cpu.cpu.as_secs_f64() * 1e6 / r.delivered.max(1) as f64),
+        ),
+        row(
+            "burst: broker peak RSS (MiB)",
+            Lower,
+            1,
+            burst(&|r| mib(r.broker_peak_rss_kib)),
+        ),
     ]
 }
 
@@ -432,6 +749,16 @@ fn failures(results: &[SystemResult]) -> String {
             Some(Ok(r)) => notes.extend(r.first_errors.iter().map(|e| format!("idle: {e}"))),
             None => {}
         }
+        match &result.direct {
+            Some(Err(e)) => notes.push(format!("direct phase failed: {e}")),
+            Some(Ok(r)) => notes.extend(r.sent.first_errors.iter().map(|e| format!("direct: {e}"))),
+            None => {}
+        }
+        match &result.burst {
+            Some(Err(e)) => notes.push(format!("burst phase failed: {e}")),
+            Some(Ok(r)) => notes.extend(r.first_errors.iter().map(|e| format!("burst: {e}"))),
+            None => {}
+        }
         if !notes.is_empty() {
             let _ = writeln!(out, "\n{} errors (first few):", result.name);
             for note in notes {
@@ -467,6 +794,14 @@ mod tests {
             idle: 50,
             concurrency: 64,
             cpus: 2,
+            persistent_subscriber: false,
+            direct_taxis: 1000,
+            direct_position_rate: 1.0,
+            direct_rate: 50.0,
+            burst_publishers: 100,
+            burst_messages: 5000,
+            burst_bytes: 1024,
+            phases: Vec::new(),
         }
     }
 
@@ -486,6 +821,8 @@ mod tests {
                 rss_after_kib: 3_000,
                 ..IdleReport::default()
             })),
+            direct: None,
+            burst: None,
         };
         let mosquitto = SystemResult {
             name: "mosquitto",
@@ -501,6 +838,8 @@ mod tests {
                 rss_after_kib: 2_000,
                 ..IdleReport::default()
             })),
+            direct: None,
+            burst: None,
         };
         let text = render(&config(), &[ours, mosquitto]);
         let delivered = text
@@ -521,6 +860,11 @@ mod tests {
         );
         assert!(memory.contains("lower: mosquitto"), "{memory}");
         assert!(text.contains("handshake phase failed: broker exited"));
+        assert!(
+            text.contains("MISSED  idle: memory per idle connection at most Mosquitto's"),
+            "{text}"
+        );
+        assert!(text.contains("Missed 1 of 5 targets"), "{text}");
         assert!(text.contains("50 msg/s per taxi, 500 msg/s offered"));
     }
 
@@ -536,6 +880,8 @@ mod tests {
                 rss_after_kib: 200,
                 ..IdleReport::default()
             })),
+            direct: None,
+            burst: None,
         };
         let text = render(&config(), &[only_idle("ours"), only_idle("mosquitto")]);
         assert!(!text.contains("delivered msgs/s"), "{text}");
