@@ -9,7 +9,7 @@ use crate::router::{
 };
 use crate::ConnectionId;
 use bytes::Bytes;
-use flume::{Receiver, RecvError, RecvTimeoutError, SendError, Sender, TrySendError};
+use flume::{Receiver, RecvError, RecvTimeoutError, SendError, Sender, TryRecvError, TrySendError};
 use parking_lot::lock_api::MutexGuard;
 use parking_lot::{Mutex, RawMutex};
 
@@ -160,7 +160,15 @@ impl<'a> LinkBuilder<'a> {
         self.router_tx.send((0, event))?;
 
         link_rx.recv()?;
-        let notification = outgoing_data_buffer.lock().pop_front().unwrap();
+        let notification = {
+            let mut buffer = outgoing_data_buffer.lock();
+            let notification = buffer.pop_front();
+            // Most connections stay idle: the room the CONNACK took is given back.
+            if buffer.is_empty() {
+                buffer.shrink_to_fit();
+            }
+            notification.ok_or(LinkError::NotConnectionAck)?
+        };
 
         // Right now link identifies failure with dropped rx in router,
         // which is probably ok. We need this here to get id assigned by router
@@ -234,8 +242,32 @@ impl LinkTx {
         };
 
         self.router_tx
-            .send((self.connection_id, Event::DeviceData))?;
+            .send_async((self.connection_id, Event::DeviceData))
+            .await?;
 
+        Ok(len)
+    }
+
+    /// Hands packets to the router in order, waking it at most once. The router takes
+    /// everything buffered when it handles its wake-up, so a link whose buffer is not empty
+    /// has a wake-up pending already and sends none: under load, one event carries many
+    /// packets and the router's channel stays short. The wake-up waits (without blocking
+    /// the thread) while the router's channel is full.
+    pub async fn send_all(
+        &mut self,
+        packets: impl IntoIterator<Item = Packet>,
+    ) -> Result<usize, LinkError> {
+        let (len, was_empty) = {
+            let mut buffer = self.recv_buffer.lock();
+            let was_empty = buffer.is_empty();
+            buffer.extend(packets);
+            (buffer.len(), was_empty)
+        };
+        if was_empty && len > 0 {
+            self.router_tx
+                .send_async((self.connection_id, Event::DeviceData))
+                .await?;
+        }
         Ok(len)
     }
 
@@ -424,21 +456,41 @@ impl LinkRx {
         }
     }
 
+    /// The next notification, waiting for the router if there is none. Never `Ok(None)`:
+    /// wake-ups that find nothing new are absorbed here.
     pub async fn next(&mut self) -> Result<Option<Notification>, LinkError> {
-        // Read from cache first
-        // One router_rx trigger signifies a bunch of notifications. So we
-        // should always check cache first
-        match self.cache.pop_front() {
-            Some(v) => Ok(Some(v)),
-            None => {
-                // If cache is empty, check for router trigger and get fresh notifications
-                self.router_rx.recv_async().await?;
-                // Collect 'all' the data in the buffer after a notification.
-                // Notification means fresh data which isn't previously collected
-                mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
+        loop {
+            // One router_rx trigger signifies a bunch of notifications. So we
+            // should always check cache first
+            if let Some(notification) = self.cache.pop_front() {
+                return Ok(Some(notification));
+            }
+            self.router_rx.recv_async().await?;
+            self.collect();
+        }
+    }
+
+    /// The next notification if the router has one ready, without waiting.
+    pub fn try_next(&mut self) -> Result<Option<Notification>, LinkError> {
+        if let Some(notification) = self.cache.pop_front() {
+            return Ok(Some(notification));
+        }
+        match self.router_rx.try_recv() {
+            Ok(()) => {
+                self.collect();
                 Ok(self.cache.pop_front())
             }
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(LinkError::Recv(RecvError::Disconnected)),
         }
+    }
+
+    /// Takes everything the router has pushed (after one of its wake-ups). Wake-ups already
+    /// queued behind that one were sent for notifications pushed before them, which this
+    /// collects too: they are dropped, instead of each waking the owner for nothing.
+    fn collect(&mut self) {
+        while self.router_rx.try_recv().is_ok() {}
+        mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
     }
 
     pub(crate) async fn exchange(
