@@ -12,6 +12,10 @@ use rumqttd::protocol::{self, v4::V4, v5::V5, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+/// Smallest room made for a read (a CONNECT fits), and the most made at once.
+const MIN_READ: usize = 256;
+const MAX_READ: usize = 16 * 1024;
+
 /// The MQTT version spoken on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -40,6 +44,8 @@ pub enum ReadError {
 pub struct Connection<S> {
     stream: S,
     read: BytesMut,
+    /// Room made in `read` before a read: the largest packet seen, within bounds.
+    read_chunk: usize,
     write: BytesMut,
     version: Option<Version>,
     max_packet_size: usize,
@@ -53,8 +59,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn new(stream: S, max_packet_size: usize, write_timeout: Duration) -> Connection<S> {
         Connection {
             stream,
-            read: BytesMut::with_capacity(1024),
-            write: BytesMut::with_capacity(1024),
+            // Both grow with what passes through them: an idle connection keeps little.
+            read: BytesMut::new(),
+            read_chunk: MIN_READ,
+            write: BytesMut::new(),
             version: None,
             max_packet_size,
             write_timeout,
@@ -81,15 +89,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             let read = match deadline {
                 Some(deadline) => {
+                    self.make_room();
                     tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read))
                         .await
                         .map_err(|_| ReadError::Timeout)??
                 }
-                None => self.stream.read_buf(&mut self.read).await?,
+                None => {
+                    self.make_room();
+                    self.stream.read_buf(&mut self.read).await?
+                }
             };
             if read == 0 {
                 return Err(ReadError::Closed);
             }
+        }
+    }
+
+    /// Room for the next read: a whole packet of the largest size seen so far, so that a
+    /// large packet does not take many small reads, and an idle connection holds little.
+    fn make_room(&mut self) {
+        if self.read.capacity() - self.read.len() < MIN_READ / 2 {
+            self.read.reserve(self.read_chunk);
         }
     }
 
@@ -109,8 +129,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Version::V311 => V4.read_mut(&mut self.read, self.max_packet_size),
             Version::V5 => V5.read_mut(&mut self.read, self.max_packet_size),
         };
+        let before = self.read.len();
         match parsed {
-            Ok(packet) => Ok(Some(packet)),
+            Ok(packet) => {
+                let size = before - self.read.len();
+                if size > self.read_chunk {
+                    self.read_chunk = size.min(MAX_READ);
+                }
+                Ok(Some(packet))
+            }
             Err(protocol::Error::InsufficientBytes(_)) => Ok(None),
             Err(protocol::Error::PayloadSizeLimitExceeded(_)) => {
                 Err(ReadError::TooLarge(self.max_packet_size))
@@ -225,6 +252,31 @@ mod tests {
         assert_eq!(detect_version(&v5).ok().flatten(), Some(Version::V5));
         assert!(matches!(detect_version(&v4[..5]), Ok(None)));
         assert!(matches!(detect_version(&[]), Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn reads_packets_larger_than_the_room_it_starts_with() -> Result<(), ReadError> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut conn = Connection::new(server, 64 * 1024, Duration::from_secs(5));
+        let connect = [
+            0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x04,
+            b't', b'e', b's', b't',
+        ];
+        let mut bytes = BytesMut::from(&connect[..]);
+        for size in [5_000, 40, 20_000] {
+            let publish = rumqttd::protocol::Publish::new(b"a/b".to_vec(), vec![7u8; size], false);
+            V4.write(Packet::Publish(publish, None), &mut bytes)
+                .map_err(|e| ReadError::Malformed(e.to_string()))?;
+        }
+        client.write_all(&bytes).await?;
+        assert!(matches!(conn.read_packet(None).await?, Packet::Connect(..)));
+        for size in [5_000, 40, 20_000] {
+            match conn.read_packet(None).await? {
+                Packet::Publish(publish, _) => assert_eq!(publish.payload.len(), size),
+                other => panic!("expected a publish, got {other:?}"),
+            }
+        }
+        Ok(())
     }
 
     #[test]

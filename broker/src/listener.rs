@@ -54,8 +54,12 @@ pub async fn serve(listener: TcpListener, tls: TlsState, shared: Arc<Shared>) {
 async fn accept(socket: TcpStream, peer: SocketAddr, tls: TlsState, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls.current());
     let timeout = Duration::from_millis(shared.config.mqtt.handshake_timeout_ms);
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
-        Ok(Ok(stream)) => stream,
+    // The TLS session lives on the heap, the handshake too while it lasts: in the task's
+    // future each would take its full size (over a kilobyte for a rustls connection) in
+    // every state that moves it, for as long as the connection is open.
+    let handshake = Box::pin(acceptor.accept(socket));
+    let stream = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(stream)) => Box::new(stream),
         Ok(Err(e)) => {
             let (reason, detail) = classify(&e);
             return handshake_failed(peer, reason, &detail);

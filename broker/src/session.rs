@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
@@ -70,6 +69,54 @@ pub async fn run<S>(stream: S, identity: Identity, peer: SocketAddr, shared: Arc
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // Connecting takes more room than being connected (the CONNECT, the attach, the
+    // refusals): it runs on the heap, so that only the session stays in the task for as long
+    // as the connection lasts; so does the end.
+    let Some(opened) = Box::pin(open(stream, identity, peer, shared.clone())).await else {
+        return;
+    };
+    let Opened {
+        mut session,
+        registration,
+        will,
+        will_props,
+        client_id,
+        written,
+    } = opened;
+    let end = match written {
+        Ok(()) => session.serve(&registration).await,
+        Err(e) => End::Network(ReadError::Io(e)),
+    };
+    Box::pin(session.close(end, will, will_props, &client_id, registration.generation)).await;
+    registration.finish();
+    shared
+        .registry
+        .unregister(&client_id, registration.generation);
+    metrics::gauge!("broker_sessions").decrement(1.0);
+}
+
+/// A client connected: its session, and what its end needs.
+struct Opened<S> {
+    session: Session<S>,
+    registration: crate::registry::Registration,
+    will: Option<LastWill>,
+    will_props: Option<LastWillProperties>,
+    client_id: String,
+    /// Whether the CONNACK went out.
+    written: std::io::Result<()>,
+}
+
+/// From the CONNECT to the CONNACK: checks, registration, attaching to the router. `None`
+/// if the connection was refused or failed.
+async fn open<S>(
+    stream: S,
+    identity: Identity,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Option<Opened<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let write_timeout = Duration::from_millis(shared.config.mqtt.write_timeout_ms);
     let mut conn = Connection::new(stream, shared.config.mqtt.max_packet_size, write_timeout);
     let connect_timeout = Duration::from_millis(shared.config.mqtt.connect_timeout_ms);
@@ -83,11 +130,11 @@ where
         };
         count_refused_connection(reason);
         info!(%peer, id = identity.id, reason, "connection closed before a valid CONNECT");
-        return;
+        return None;
     };
 
     let Some(rules) = shared.config.acl.get(&identity.role) else {
-        return refuse_connect(
+        refuse_connect(
             conn,
             &identity,
             "unknown_role",
@@ -95,6 +142,7 @@ where
             ConnectReturnCode::NotAuthorized,
         )
         .await;
+        return None;
     };
     let version = conn.version().unwrap_or(Version::V311);
 
@@ -103,7 +151,7 @@ where
     let assigned = connect.client_id.is_empty();
     let client_id = if assigned {
         if version == Version::V311 && !connect.clean_session {
-            return refuse_connect(
+            refuse_connect(
                 conn,
                 &identity,
                 "client_id_empty",
@@ -111,6 +159,7 @@ where
                 ConnectReturnCode::ClientIdentifierNotValid,
             )
             .await;
+            return None;
         }
         identity.id.clone()
     } else if rules.accepts_client_id(&identity.id, &connect.client_id) {
@@ -121,7 +170,7 @@ where
             client_id = connect.client_id,
             "refused: client id differs from the certificate"
         );
-        return refuse_connect(
+        refuse_connect(
             conn,
             &identity,
             "client_id_mismatch",
@@ -129,6 +178,7 @@ where
             ConnectReturnCode::NotAuthorized,
         )
         .await;
+        return None;
     };
 
     // The keep-alive cap: MQTT 5 clients are told (Server Keep Alive), MQTT 3.1.1 clients
@@ -141,7 +191,7 @@ where
             keep_alive_s = cap;
             server_keep_alive = Some(cap);
         } else if keep_alive_s > cap {
-            return refuse_connect(
+            refuse_connect(
                 conn,
                 &identity,
                 "keep_alive_too_long",
@@ -149,6 +199,7 @@ where
                 ConnectReturnCode::ClientIdentifierNotValid,
             )
             .await;
+            return None;
         }
     }
 
@@ -180,7 +231,7 @@ where
             Ok(topic) if rules.may_publish(&identity.id, topic) => Some(will),
             _ => {
                 refusal("will", &identity, &String::from_utf8_lossy(&will.topic));
-                return refuse_connect(
+                refuse_connect(
                     conn,
                     &identity,
                     "will_refused",
@@ -188,6 +239,7 @@ where
                     ConnectReturnCode::NotAuthorized,
                 )
                 .await;
+                return None;
             }
         },
         None => None,
@@ -213,7 +265,7 @@ where
             shared
                 .registry
                 .unregister(&client_id, registration.generation);
-            return refuse_connect(
+            refuse_connect(
                 conn,
                 &identity,
                 "router_full",
@@ -221,6 +273,7 @@ where
                 ConnectReturnCode::ServiceUnavailable,
             )
             .await;
+            return None;
         }
     };
     let (link_tx, link_rx, connack) = match built {
@@ -230,7 +283,7 @@ where
             shared
                 .registry
                 .unregister(&client_id, registration.generation);
-            return refuse_connect(
+            refuse_connect(
                 conn,
                 &identity,
                 "router_full",
@@ -238,13 +291,14 @@ where
                 ConnectReturnCode::ServiceUnavailable,
             )
             .await;
+            return None;
         }
         Err(e) => {
             warn!(id = identity.id, error = %e, "attaching to the router failed");
             shared
                 .registry
                 .unregister(&client_id, registration.generation);
-            return;
+            return None;
         }
     };
 
@@ -252,7 +306,7 @@ where
     // replaced by the aliases the front resolves itself.
     let Some(Packet::ConnAck(ack, router_props)) = Option::<Packet>::from(connack) else {
         warn!(id = identity.id, "router answered without a CONNACK");
-        return;
+        return None;
     };
     let max_topic_alias = shared.config.mqtt.max_topic_alias;
     let receive_maximum = shared.config.mqtt.receive_maximum;
@@ -314,18 +368,14 @@ where
             .publisher
             .status(&session.identity.id, "online", unix_ms());
     }
-    let end = match written {
-        Ok(()) => session.serve(&registration).await,
-        Err(e) => End::Network(ReadError::Io(e)),
-    };
-    session
-        .close(end, will, will_props, &client_id, registration.generation)
-        .await;
-    registration.finish();
-    shared
-        .registry
-        .unregister(&client_id, registration.generation);
-    metrics::gauge!("broker_sessions").decrement(1.0);
+    Some(Opened {
+        session,
+        registration,
+        will,
+        will_props,
+        client_id,
+        written,
+    })
 }
 
 fn count_refused_connection(reason: &'static str) {
@@ -421,7 +471,17 @@ impl Counters {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn serve(&mut self, registration: &crate::registry::Registration) -> End {
+        // Made once and kept for the whole session: a future made anew for every packet
+        // registers and unregisters itself every time.
+        let stopped = registration.stopped();
+        tokio::pin!(stopped);
+        // The keep-alive: one timer, moved only when it fires before the deadline (reads
+        // move the deadline, not the timer).
         let mut last_read = Instant::now();
+        let keep_alive = tokio::time::sleep_until(
+            last_read + self.keep_alive.unwrap_or(Duration::from_secs(86_400)),
+        );
+        tokio::pin!(keep_alive);
         let mut paused = false;
         loop {
             // Back-pressure: while the router holds many of this client's publishes (a log
@@ -436,12 +496,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     last_read = Instant::now();
                 }
             }
-            let deadline = self.keep_alive.map(|keep_alive| last_read + keep_alive);
             tokio::select! {
                 biased;
-                reason = registration.stopped() => return End::Stopped(reason),
-                () = tokio::time::sleep(HELD_POLL), if paused => {}
-                read = self.conn.read_packet(deadline), if !paused => {
+                reason = &mut stopped => return End::Stopped(reason),
+                () = &mut keep_alive, if self.keep_alive.is_some() && !paused => {
+                    let deadline = last_read + self.keep_alive.unwrap_or_default();
+                    if Instant::now() >= deadline {
+                        return End::Network(ReadError::Timeout);
+                    }
+                    keep_alive.as_mut().reset(deadline);
+                }
+                () = async { tokio::time::sleep(HELD_POLL).await }, if paused => {}
+                read = self.conn.read_packet(None), if !paused => {
                     last_read = Instant::now();
                     let packet = match read {
                         Ok(packet) => packet,
@@ -449,8 +515,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     };
                     tokio::select! {
                         biased;
-                        reason = registration.stopped() => return End::Stopped(reason),
-                        handled = self.handle_client_packets(packet) => {
+                        reason = &mut stopped => return End::Stopped(reason),
+                        // On the heap while it runs: the task keeps only what an idle
+                        // connection needs.
+                        handled = Box::pin(self.handle_client_packets(packet)) => {
                             if let Err(end) = handled {
                                 return end;
                             }
@@ -465,8 +533,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     };
                     tokio::select! {
                         biased;
-                        reason = registration.stopped() => return End::Stopped(reason),
-                        handled = self.handle_router_notifications(notification) => {
+                        reason = &mut stopped => return End::Stopped(reason),
+                        handled = Box::pin(self.handle_router_notifications(notification)) => {
                             if let Err(end) = handled {
                                 return end;
                             }
@@ -631,14 +699,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .map_err(|e| End::Network(ReadError::Io(e)))
     }
 
-    /// Hands packets to the router, notifying it once for the whole batch.
-    async fn forward(&mut self, mut packets: Vec<Packet>) -> Result<(), End> {
-        let Some(last) = packets.pop() else {
+    /// Hands packets to the router, waking it at most once for the whole batch.
+    async fn forward(&mut self, packets: Vec<Packet>) -> Result<(), End> {
+        if packets.is_empty() {
             return Ok(());
-        };
-        self.link_tx.buffer().extend(packets);
+        }
         self.link_tx
-            .send(last)
+            .send_all(packets)
             .await
             .map(|_| ())
             .map_err(|_| End::RouterClosed)
@@ -654,11 +721,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if written >= WRITE_BATCH {
                 break;
             }
-            next = match self.link_rx.next().now_or_never() {
-                Some(Ok(notification)) => notification,
-                Some(Err(_)) => return Err(End::RouterClosed),
-                None => None,
-            };
+            next = self.link_rx.try_next().map_err(|_| End::RouterClosed)?;
         }
         self.conn
             .flush()
