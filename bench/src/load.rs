@@ -173,14 +173,29 @@ pub async fn run(
     let counters = Arc::new(Counters::new(spec.taxis));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (timeline_tx, timeline_rx) = oneshot::channel();
-    let (subscribed, mut subscriber) = Subscriber::start(
-        pki.operator.clone(),
-        addr,
-        spec.taxis,
-        spec.persistent_subscriber,
+    let mut options = client::options(
+        &pki.operator,
+        &addr.ip().to_string(),
+        addr.port(),
+        CONNECT_TIMEOUT,
+    );
+    options.set_clean_session(!spec.persistent_subscriber);
+    let (taxis, subscriber_counters, subscriber_stop) =
+        (spec.taxis, counters.clone(), stop_rx.clone());
+    let (subscribed, mut subscriber) = SubscriberThread::start(
+        "subscriber",
+        options,
+        SUBSCRIBER_REQUESTS,
         timeline_rx,
-        counters.clone(),
-        stop_rx.clone(),
+        move |events, timeline| {
+            receive(
+                events,
+                taxis,
+                timeline,
+                subscriber_counters,
+                subscriber_stop,
+            )
+        },
     )?;
     match subscribed.await {
         Ok(Ok(())) => {}
@@ -561,37 +576,38 @@ struct Received {
     latency: Latency,
 }
 
-/// The subscriber on a thread of its own with its own runtime, so that publishers
-/// saturating the load generator's runtime do not delay its reading and skew the latency.
-struct Subscriber {
-    thread: Option<std::thread::JoinHandle<Result<Received>>>,
+/// A subscriber to [`FILTER`] on a thread of its own with its own runtime, so that
+/// publishers saturating the load generator's runtime do not delay its reading and skew the
+/// latency. It connects and subscribes, tells so, waits for its start signal (a value of
+/// type `S`), then runs `receive` over its events until that returns.
+pub(crate) struct SubscriberThread<R> {
+    thread: Option<std::thread::JoinHandle<Result<R>>>,
 }
 
-impl Subscriber {
+impl<R: Send + 'static> SubscriberThread<R> {
     /// Starts the thread; the returned receiver tells when the subscription is in place.
-    fn start(
-        operator: simulator::pki::Client,
-        addr: SocketAddr,
-        taxis: usize,
-        persistent: bool,
-        timeline: oneshot::Receiver<Timeline>,
-        counters: Arc<Counters>,
-        stop: watch::Receiver<bool>,
-    ) -> Result<(oneshot::Receiver<Result<()>>, Subscriber)> {
+    pub(crate) fn start<S, F, Fut>(
+        name: &str,
+        options: rumqttc::MqttOptions,
+        requests: usize,
+        start: oneshot::Receiver<S>,
+        receive: F,
+    ) -> Result<(oneshot::Receiver<Result<()>>, Self)>
+    where
+        S: Send + 'static,
+        F: FnOnce(EventLoop, S) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<R>>,
+    {
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
-            .name("subscriber".to_owned())
-            .spawn(move || -> Result<Received> {
+            .name(name.to_owned())
+            .spawn(move || -> Result<R> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .context("subscriber runtime")?;
                 runtime.block_on(async move {
-                    let host = addr.ip().to_string();
-                    let mut options =
-                        client::options(&operator, &host, addr.port(), Duration::from_secs(30));
-                    options.set_clean_session(!persistent);
-                    let (client, mut events) = client::with_options(options, SUBSCRIBER_REQUESTS);
+                    let (client, mut events) = client::with_options(options, requests);
                     let setup = async {
                         client::connect(&mut events, CONNECT_TIMEOUT)
                             .await
@@ -606,8 +622,8 @@ impl Subscriber {
                         bail!(message);
                     }
                     let _ = ready_tx.send(Ok(()));
-                    let timeline = timeline.await.context("no timeline")?;
-                    let received = receive(events, taxis, timeline, counters, stop).await;
+                    let start = start.await.context("no start signal")?;
+                    let received = receive(events, start).await;
                     drop(client);
                     received
                 })
@@ -615,14 +631,14 @@ impl Subscriber {
             .context("starting the subscriber thread")?;
         Ok((
             ready_rx,
-            Subscriber {
+            SubscriberThread {
                 thread: Some(thread),
             },
         ))
     }
 
     /// Waits for the thread (after the stop signal) and returns what it saw.
-    async fn finish(&mut self) -> Result<Received> {
+    pub(crate) async fn finish(&mut self) -> Result<R> {
         let Some(thread) = self.thread.take() else {
             bail!("subscriber already finished");
         };

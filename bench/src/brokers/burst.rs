@@ -12,12 +12,11 @@ use anyhow::{bail, Context, Result};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::{oneshot, watch};
 
+use crate::load::SubscriberThread;
 use simulator::client;
 use simulator::measure::{self, CpuMeter, CpuUse};
 use simulator::pki::BenchPki;
 
-/// The subscriber's filter.
-const FILTER: &str = "taxi/+/position";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// First byte of every payload: neither postcard (1) nor JSON, so no broker converts it.
 const MARKER: u8 = 0xB5;
@@ -133,13 +132,30 @@ pub async fn run(
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (start_tx, start_rx) = oneshot::channel();
-    let (ready, subscriber) = start_subscriber(
-        pki.operator.clone(),
-        addr,
-        spec,
+    let mut options = client::options(
+        &pki.operator,
+        &addr.ip().to_string(),
+        addr.port(),
+        CONNECT_TIMEOUT,
+    );
+    options.set_clean_session(false);
+    let (publishers, subscriber_counters, subscriber_stop) =
+        (spec.publishers, counters.clone(), stop_rx.clone());
+    let (ready, mut subscriber) = SubscriberThread::start(
+        "burst-subscriber",
+        options,
+        REQUESTS,
         start_rx,
-        counters.clone(),
-        stop_rx.clone(),
+        move |events, started| async move {
+            Ok(receive(
+                events,
+                publishers,
+                started,
+                subscriber_counters,
+                subscriber_stop,
+            )
+            .await)
+        },
     )?;
     match ready.await {
         Ok(Ok(())) => {}
@@ -367,73 +383,6 @@ struct Received {
     duplicates: u64,
     /// When the last new message arrived, after the start.
     last_at: Duration,
-}
-
-struct Subscriber {
-    thread: Option<std::thread::JoinHandle<Result<Received>>>,
-}
-
-impl Subscriber {
-    async fn finish(mut self) -> Result<Received> {
-        let Some(thread) = self.thread.take() else {
-            bail!("subscriber already finished");
-        };
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .context("joining the subscriber thread")?
-            .map_err(|_| anyhow::anyhow!("the subscriber thread panicked"))?
-    }
-}
-
-/// The persistent subscriber on a thread and runtime of its own.
-fn start_subscriber(
-    operator: simulator::pki::Client,
-    addr: SocketAddr,
-    spec: BurstSpec,
-    start: oneshot::Receiver<Instant>,
-    counters: Arc<Counters>,
-    stop: watch::Receiver<bool>,
-) -> Result<(oneshot::Receiver<Result<()>>, Subscriber)> {
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("burst-subscriber".to_owned())
-        .spawn(move || -> Result<Received> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("subscriber runtime")?;
-            runtime.block_on(async move {
-                let host = addr.ip().to_string();
-                let mut options = client::options(&operator, &host, addr.port(), CONNECT_TIMEOUT);
-                options.set_clean_session(false);
-                let (mqtt, mut events) = client::with_options(options, REQUESTS);
-                let setup = async {
-                    client::connect(&mut events, CONNECT_TIMEOUT)
-                        .await
-                        .context("connecting")?;
-                    client::subscribe(&mqtt, &mut events, FILTER, CONNECT_TIMEOUT)
-                        .await
-                        .context("subscribing")
-                };
-                if let Err(e) = setup.await {
-                    let message = format!("{e:#}");
-                    let _ = ready_tx.send(Err(e));
-                    bail!(message);
-                }
-                let _ = ready_tx.send(Ok(()));
-                let started = start.await.context("no start")?;
-                let received = receive(events, spec.publishers, started, counters, stop).await;
-                drop(mqtt);
-                Ok(received)
-            })
-        })
-        .context("starting the subscriber thread")?;
-    Ok((
-        ready_rx,
-        Subscriber {
-            thread: Some(thread),
-        },
-    ))
 }
 
 async fn receive(
