@@ -9,16 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tokio::sync::mpsc;
 
+use crate::dispatch::listening_fleet;
 use crate::dispatch::senders::{self, Orders, Sent};
 use crate::dispatch::tracker::{Delivery, Tracker};
 use simulator::measure::{CpuMeter, CpuUse};
 use simulator::pki::{BenchPki, Client};
-use simulator::taxi::{self, Behaviour, Counters, TaxiSpec};
+use simulator::taxi;
 
-/// Taxis connecting at once.
-const CONNECTING: usize = 64;
 /// How long the taxis may take to connect and subscribe.
 const LISTEN_LIMIT: Duration = Duration::from_secs(180);
 /// After the last order: how long to wait for the last deliveries, and how long without any
@@ -62,25 +60,12 @@ pub async fn run(
     say: &dyn Fn(String),
 ) -> Result<DirectReport> {
     let tracker = Arc::new(Tracker::default());
-    let (observer, observations) = mpsc::unbounded_channel();
-    tracker.follow(observations);
-    let specs = pki.taxis[..spec.taxis.min(pki.taxis.len())]
-        .iter()
-        .enumerate()
-        .map(|(index, client)| TaxiSpec {
-            client: client.clone(),
-            host: addr.ip().to_string(),
-            port: addr.port(),
-            behaviour: Behaviour::steady(spec.position_rate),
-            seed: index as u64,
-        })
-        .collect();
     let started = Instant::now();
-    let fleet = taxi::spawn_listening(
-        specs,
-        Arc::new(Counters::default()),
-        Some(observer),
-        CONNECTING,
+    let fleet = listening_fleet(
+        &pki.taxis[..spec.taxis.min(pki.taxis.len())],
+        addr,
+        spec.position_rate,
+        &tracker,
         LISTEN_LIMIT,
     )
     .await?;

@@ -267,25 +267,12 @@ async fn start_fleet(
     broker: SocketAddr,
     tracker: &Arc<Tracker>,
 ) -> Result<Vec<SimulatedTaxi>> {
-    let (observer, observations) = mpsc::unbounded_channel();
-    tracker.follow(observations);
-    let specs = pki.taxis[..args.taxis]
-        .iter()
-        .enumerate()
-        .map(|(index, client)| TaxiSpec {
-            client: client.clone(),
-            host: broker.ip().to_string(),
-            port: broker.port(),
-            behaviour: Behaviour::steady(args.position_rate),
-            seed: index as u64,
-        })
-        .collect();
     let started = Instant::now();
-    let taxis = taxi::spawn_listening(
-        specs,
-        Arc::new(Counters::default()),
-        Some(observer),
-        CONNECTING,
+    let taxis = listening_fleet(
+        &pki.taxis[..args.taxis],
+        broker,
+        args.position_rate,
+        tracker,
         Duration::from_secs(120),
     )
     .await?;
@@ -300,6 +287,39 @@ async fn start_fleet(
     );
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     Ok(taxis)
+}
+
+/// Simulated taxis for `clients`, connected to `broker` within `limit`, each reporting
+/// `position_rate` positions per second and listening on its inbox; what they receive is
+/// reported to `tracker`.
+pub(crate) async fn listening_fleet(
+    clients: &[Client],
+    broker: SocketAddr,
+    position_rate: f64,
+    tracker: &Arc<Tracker>,
+    limit: Duration,
+) -> Result<Vec<SimulatedTaxi>> {
+    let (observer, observations) = mpsc::unbounded_channel();
+    tracker.follow(observations);
+    let specs = clients
+        .iter()
+        .enumerate()
+        .map(|(index, client)| TaxiSpec {
+            client: client.clone(),
+            host: broker.ip().to_string(),
+            port: broker.port(),
+            behaviour: Behaviour::steady(position_rate),
+            seed: index as u64,
+        })
+        .collect();
+    taxi::spawn_listening(
+        specs,
+        Arc::new(Counters::default()),
+        Some(observer),
+        CONNECTING,
+        limit,
+    )
+    .await
 }
 
 /// Direct publishes by the backoffice, then the drain.
