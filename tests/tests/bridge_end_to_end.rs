@@ -14,7 +14,7 @@ use bridge::config::ArchiveConfig;
 use testkit::s3::MotoServer;
 use tests::archive::{archived_multiset, read_all};
 use tests::platform::{
-    bounded, drive, drive_fleet, eventually, expected_keys, external_archive, home, ids,
+    bounded, drive, drive_fleet, eventually, expected_keys, external_archive, fix_time, home, ids,
     multiset_diff, position, preview, resolved_archive, wait_for_positions, Db, Platform, Progress,
     Taxi, ARRIVAL, BERLIN,
 };
@@ -114,11 +114,12 @@ struct Tour {
 async fn shift(mut taxi: Taxi, n: usize, positions: u64) -> Result<(Taxi, Tour)> {
     let (lat, lon) = home(n);
     let tour_id = format!("t-{}-1", taxi.id);
+    // Started just before the first position (see `fix_time`).
     let started = TourEvent {
         seq: 1,
         tour_id: tour_id.clone(),
         kind: TourEventKind::Started,
-        ts_ms: unix_ms(),
+        ts_ms: fix_time(unix_ms(), positions, 0),
         lat,
         lon,
         meter_cents: Some(390),

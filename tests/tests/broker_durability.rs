@@ -701,14 +701,25 @@ async fn positions_published_while_every_bridge_is_stopped_are_stored_once(
                         || line.starts_with("broker_backpressure")
                 })
                 .collect();
+            let letters: Vec<(String, i64)> = db
+                .rows(
+                    "SELECT reason_code, count(*) FROM dead_letters GROUP BY reason_code",
+                    &[],
+                )
+                .await?;
             bail!(
-                "{} rows stored for {} positions published, {duplicates} keys twice, missing \
-                 {missing:?} ({arrived:?}); {broker_lines:?}",
+                "{} rows stored for {} positions published, {duplicates} keys twice, dead letters \
+                 {letters:?}, missing {missing:?} ({arrived:?}); {broker_lines:?}",
                 stored.len(),
                 expected.len()
             );
         }
         assert_eq!(duplicates, 0, "(taxi, seq) keys stored more than once");
+        assert_eq!(
+            db.count("SELECT count(*) FROM dead_letters", &[]).await?,
+            0,
+            "every position was valid"
+        );
         let held = broker
             .metric("broker_backpressure_events_total", &[])
             .await?;
@@ -735,21 +746,17 @@ async fn every_bridge_stopped_spilled_positions_are_stored_once() -> Result<()> 
     positions_published_while_every_bridge_is_stopped_are_stored_once(Spill::Default).await
 }
 
-/// Open defect, hence ignored (this one and the next): in about one run of four, 16 or more
-/// consecutive positions of one taxi (a shared-group turn) are missing from PostgreSQL, with
-/// no drop, jump or spill error counted. Seen whenever the taxis are held while the bridges
-/// read, with spilling off (no segment spilled) as with a full spill area; never with room to
-/// spill. Run them with `--run-ignored all`.
+/// The same with a spill area too small for the backlog: the taxis are held back (no PUBACK,
+/// their sockets not read) until the bridges catch up, and still every position is stored
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "loses a shared-group turn in about one run of four (see its comment)"]
 async fn every_bridge_stopped_with_a_full_spill_area_slows_the_taxis_and_stores_every_position_once(
 ) -> Result<()> {
     positions_published_while_every_bridge_is_stopped_are_stored_once(Spill::Tiny).await
 }
 
-/// Ignored: the open defect described above.
+/// The same with spilling off: the in-memory log alone, and the taxis held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "loses a shared-group turn in about one run of four (see the test above)"]
 async fn every_bridge_stopped_without_spill_slows_the_taxis_and_stores_every_position_once(
 ) -> Result<()> {
     positions_published_while_every_bridge_is_stopped_are_stored_once(Spill::Off).await

@@ -22,8 +22,8 @@ use tests::dispatch::{dispatch_config, wait_dispatch_subscribed, DispatchApi};
 use tests::mosquitto::MosquittoBroker;
 use tests::mqtt::MqttClient;
 use tests::platform::{
-    along, bounded, eventually, expected_keys, home, ids, position, wait_for_positions, Platform,
-    Progress, Taxi, ARRIVAL,
+    along, bounded, eventually, expected_keys, fix_time, home, ids, position, wait_for_positions,
+    Platform, Progress, Taxi, ARRIVAL,
 };
 use tests::{inbox_json, position_json, unix_ms, Event, TestPki, WAIT};
 use wire::{TourEvent, TourEventKind};
@@ -38,33 +38,41 @@ async fn platform_on_mosquitto() -> Result<Platform<MosquittoBroker>> {
     Platform::with_broker(pki, broker).await
 }
 
-/// A tour event of `taxi` at its home.
-fn tour_event(taxi: &Taxi, n: usize, seq: u64, kind: TourEventKind) -> TourEvent {
+/// A tour event of `taxi` at its home, at `ts_ms`.
+fn tour_event(taxi: &Taxi, n: usize, seq: u64, kind: TourEventKind, ts_ms: i64) -> TourEvent {
     let (lat, lon) = home(n);
     TourEvent {
         seq,
         tour_id: format!("t-{}", taxi.id),
         kind,
-        ts_ms: unix_ms(),
+        ts_ms,
         lat,
         lon,
         meter_cents: Some(1200),
     }
 }
 
-/// The n-th taxi's shift: tour started, `positions` positions one every `pace`, tour ended;
-/// every publish acknowledged by the broker.
+/// The n-th taxi's shift: tour started, `positions` positions one every `pace` (timed by
+/// `fix_time`), tour ended; every publish acknowledged by the broker.
 async fn shift(mut taxi: Taxi, n: usize, positions: u64, pace: Duration) -> Result<Taxi> {
-    let started = tour_event(&taxi, n, 1, TourEventKind::Started);
+    let now = unix_ms();
+    let started = tour_event(
+        &taxi,
+        n,
+        1,
+        TourEventKind::Started,
+        fix_time(now, positions, 0),
+    );
     taxi.publish("tour", &wire::encode_json(&started)).await?;
     let mut ticker = tokio::time::interval(pace);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for seq in 1..=positions {
         ticker.tick().await;
-        taxi.publish_position(position(seq, unix_ms(), along(home(n), seq)))
+        let ts_ms = fix_time(now, positions, seq);
+        taxi.publish_position(position(seq, ts_ms, along(home(n), seq)))
             .await?;
     }
-    let ended = tour_event(&taxi, n, 2, TourEventKind::Ended);
+    let ended = tour_event(&taxi, n, 2, TourEventKind::Ended, unix_ms());
     taxi.publish("tour", &wire::encode_postcard(&ended)).await?;
     taxi.wait_acked().await?;
     Ok(taxi)
