@@ -1,8 +1,8 @@
 //! Importing files one after the other. For each: hash it and recognise its format; skip it
 //! if `nyc_imports` has it; otherwise read it on a blocking thread (rows to local day files,
-//! rejects streamed to PostgreSQL meanwhile), publish each day file to the lake, and only
-//! then record the file in `nyc_imports`. A failure anywhere leaves the file unrecorded, so
-//! importing it again redoes it whole, writing the same objects (no doubles).
+//! rejects streamed to PostgreSQL meanwhile), publish the day files to the lake (a few at a
+//! time), and only then record the file in `nyc_imports`. A failure anywhere leaves the file
+//! unrecorded, so importing it again redoes it whole, writing the same objects (no doubles).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_postgres::Client;
 
-use super::day_writers::DayWriters;
+use super::day_writers::{DayFile, DayWriters};
 use super::intake::{Intake, Intook, Rejected};
 use super::layout::Layout;
 use super::ledger;
@@ -178,11 +179,7 @@ async fn import_locked(
     stored?;
     let (layout, intook) = read?;
 
-    for file in &intook.files {
-        lake.publish_file(DATASET, file.day, source.part(), &file.path)
-            .await
-            .with_context(|| format!("{name}: publishing the trips of {}", file.day))?;
-    }
+    publish_days(lake, source, &name, &intook.files).await?;
     let days: Vec<String> = intook.files.iter().map(|f| f.day.to_string()).collect();
     let rejected_total: u64 = intook.counted.rejected.iter().sum();
     ledger::record(
@@ -222,6 +219,52 @@ async fn import_locked(
         days: intook.files.iter().map(|f| f.day).collect(),
         elapsed: started.elapsed(),
     })
+}
+
+/// Day files uploaded at once: an upload mostly waits (on the object store, on a footer
+/// read), and a small file is held in memory while it travels, so a few at a time.
+const CONCURRENT_UPLOADS: usize = 4;
+
+/// Publishes every day file, [`CONCURRENT_UPLOADS`] at a time. After a failure no upload
+/// starts, those under way end (none is left half-done), and the first failure is the
+/// result: the file is then not recorded, and its next import rewrites the same objects.
+async fn publish_days(
+    lake: &Lake,
+    source: &Source,
+    name: &str,
+    files: &[DayFile],
+) -> anyhow::Result<()> {
+    let mut waiting = files.iter();
+    let mut uploads = FuturesUnordered::new();
+    for file in waiting.by_ref().take(CONCURRENT_UPLOADS) {
+        uploads.push(publish_day(lake, source, name, file));
+    }
+    let mut failed = None;
+    while let Some(published) = uploads.next().await {
+        match published {
+            Ok(()) if failed.is_none() => {
+                if let Some(file) = waiting.next() {
+                    uploads.push(publish_day(lake, source, name, file));
+                }
+            }
+            Ok(()) => {}
+            Err(error) => {
+                failed.get_or_insert(error);
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+async fn publish_day(
+    lake: &Lake,
+    source: &Source,
+    name: &str,
+    file: &DayFile,
+) -> anyhow::Result<()> {
+    lake.publish_file(DATASET, file.day, source.part(), &file.path)
+        .await
+        .with_context(|| format!("{name}: publishing the trips of {}", file.day))
 }
 
 /// Reads the whole file from the current (blocking) thread: readers (one, or one per part
