@@ -91,8 +91,32 @@ pub struct RouterConfig {
     /// Directory of the spill area (created if missing, locked while the broker runs; spill
     /// files a previous run left are removed at start).
     pub spill_dir: PathBuf,
-    /// Disk budget of the spill area in bytes; 0 turns spilling off.
+    /// Disk budget of the spill area in bytes; 0 turns spilling off. In `disk` durability
+    /// it bounds the files of segments that have left memory.
     pub spill_max_bytes: u64,
+    /// `memory`: acknowledged messages live in memory (and the spill area) while the broker
+    /// runs, and a crash loses them. `disk`: a PUBACK means the message is synced to
+    /// `log_dir`; after a crash the logs, persistent sessions, shared groups and retained
+    /// messages come back.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Directory of the durable log (`disk` durability; created if missing, locked while the
+    /// broker runs). It also holds the segments that leave memory, instead of `spill_dir`.
+    #[serde(default = "default_log_dir")]
+    pub log_dir: PathBuf,
+}
+
+/// Whether the broker's acknowledgements survive a crash ([`RouterConfig::durability`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Memory,
+    Disk,
+}
+
+fn default_log_dir() -> PathBuf {
+    PathBuf::from("data/broker/log")
 }
 
 /// The broker-owned `taxi/<id>/status` topic.
@@ -134,6 +158,8 @@ impl Default for Config {
                 max_outgoing_packet_count: 200,
                 spill_dir: PathBuf::from("data/broker/spill"),
                 spill_max_bytes: 4 * 1024 * 1024 * 1024,
+                durability: Durability::Memory,
+                log_dir: default_log_dir(),
             },
             status: StatusConfig {
                 roles: vec!["taxi".to_owned()],
@@ -177,8 +203,17 @@ impl Config {
                 "max_segment_count must be >= 1 and max_segment_size >= 1024",
             );
         }
+        if self.router.durability == Durability::Disk && self.router.log_dir.as_os_str().is_empty()
+        {
+            return invalid(
+                "router.log_dir",
+                "a directory is required with router.durability = \"disk\"",
+            );
+        }
         if self.router.spill_max_bytes > 0 {
-            if self.router.spill_dir.as_os_str().is_empty() {
+            if self.router.spill_dir.as_os_str().is_empty()
+                && self.router.durability == Durability::Memory
+            {
                 return invalid(
                     "router.spill_dir",
                     "a directory is required while router.spill_max_bytes is above 0",

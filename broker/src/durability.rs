@@ -29,6 +29,14 @@
 //!   durable subscriber.
 //! - `broker_spill_errors_total{op}`: spill files that could not be written (`write`: the
 //!   publishers are held instead), read back (`read`: messages lost) or deleted (`delete`).
+//!
+//! In `disk` durability (`router.durability`), every log is written to `router.log_dir`
+//! and synced before the PUBACKs of what was appended:
+//! - `broker_log_fsyncs_total`, `broker_log_fsync_seconds_total`: syncs of the durable log
+//!   (one per router round that appended), and the time they took.
+//! - `broker_log_recovered_messages_total`: messages found in the log at start.
+//! - `broker_log_truncated_bytes_total`: bytes cut at start from segment files whose tail a
+//!   crash tore.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -83,7 +91,19 @@ impl DurabilityMetrics {
 /// A filter whose log holds its publishers is logged at most this often.
 const BLOCKED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Counts what durable mode read back at start.
+pub fn recovered(recovery: &rumqttd::Recovery) {
+    metrics::counter!("broker_log_recovered_messages_total").increment(recovery.messages);
+    metrics::counter!("broker_log_truncated_bytes_total").increment(recovery.truncated_bytes);
+    metrics::counter!("broker_log_fsyncs_total").absolute(0);
+}
+
 impl Observer for DurabilityMetrics {
+    fn log_synced(&self, _logs: usize, took: Duration) {
+        metrics::counter!("broker_log_fsyncs_total").increment(1);
+        metrics::gauge!("broker_log_fsync_seconds_total").increment(took.as_secs_f64());
+    }
+
     fn dropped(&self, subscriber: &str, filter: &str, count: u64, reason: DropReason, first: bool) {
         metrics::counter!("broker_messages_dropped_total", "reason" => reason.as_str())
             .increment(count);

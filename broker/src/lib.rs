@@ -103,7 +103,28 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
     let mut router = Router::new(0, router_config).observer(Arc::new(
         durability::DurabilityMetrics::registered(config.router.spill_max_bytes),
     ));
-    if config.router.spill_max_bytes > 0 {
+    if config.router.durability == config::Durability::Disk {
+        let dir = &config.router.log_dir;
+        let area = rumqttd::SpillArea::open_durable(dir, config.router.spill_max_bytes)
+            .with_context(|| format!("router.log_dir: cannot use {}", dir.display()))?;
+        let (durable, recovery) = router
+            .durable(area)
+            .with_context(|| format!("router.log_dir: cannot read {} back", dir.display()))?;
+        router = durable;
+        durability::recovered(&recovery);
+        tracing::info!(
+            dir = %dir.display(),
+            messages = recovery.messages,
+            sessions = recovery.sessions,
+            groups = recovery.groups,
+            retained = recovery.retained,
+            truncated_bytes = recovery.truncated_bytes,
+            "durable log: every PUBACK waits for the disk; read back what was there"
+        );
+        for file in &recovery.discarded {
+            tracing::warn!(file, "durable log: file not used");
+        }
+    } else if config.router.spill_max_bytes > 0 {
         let dir = &config.router.spill_dir;
         let area = rumqttd::SpillArea::open(dir, config.router.spill_max_bytes)
             .with_context(|| format!("router.spill_dir: cannot use {}", dir.display()))?;

@@ -13,7 +13,9 @@ pub use link::alerts;
 pub use link::local;
 pub use link::meters;
 pub use router::durability::{self, DropReason, Lag, Observer};
-pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
+pub use router::{
+    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Recovery, Router,
+};
 pub use segments::records;
 pub use segments::spill::SpillArea;
 use segments::Storage;

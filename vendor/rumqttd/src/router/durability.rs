@@ -88,6 +88,10 @@ pub trait Observer: Send + Sync {
     /// messages of the segment that could not be read back are skipped) or `delete` (the
     /// file stays, counted against the budget).
     fn spill_failed(&self, _filter: &str, _op: &str, _error: &io::Error) {}
+
+    /// Durable mode: `logs` logs were written and synced to disk in `took`, before the
+    /// acknowledgements of the publishes appended to them were sent.
+    fn log_synced(&self, _logs: usize, _took: Duration) {}
 }
 
 /// Reports nothing.

@@ -54,6 +54,17 @@ impl Graveyard {
 
     /// Whether a saved persistent session reads through the shared group `group`: it rejoins
     /// the group when it resumes, so the group (and its cursor) must outlive its live members.
+    /// The saved sessions that have not expired: (client id, state, when it ends).
+    pub fn sessions(&self) -> impl Iterator<Item = (&str, &SessionState, Option<Instant>)> {
+        let now = Instant::now();
+        self.connections
+            .iter()
+            .filter(move |(_, saved)| !saved.expired(now))
+            .filter_map(|(id, saved)| {
+                Some((id.as_str(), saved.session_state.as_ref()?, saved.expires_at))
+            })
+    }
+
     pub fn has_group_member(&self, group: &str) -> bool {
         let now = Instant::now();
         self.connections.values().any(|saved| {

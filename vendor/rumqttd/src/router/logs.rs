@@ -9,14 +9,15 @@ use crate::protocol::{
 use crate::router::{DataRequest, FilterIdx, SubscriptionMeter, Waiters};
 use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
+use crate::segments::durable::{LogFiles, Recovered};
 use crate::segments::spill::{Spill, SpillRefused, Spillable};
 use crate::segments::{CommitLog, Position};
 use crate::Storage;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type PubWithProp = (Publish, Option<PublishProperties>);
 
@@ -74,18 +75,32 @@ impl PublishData {
     }
 }
 
-/// What a spilled message's receipt time is stored relative to (the `Instant`s of one
-/// process).
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// A receipt time as nanoseconds since the Unix epoch (wall clock), so that it means the same
+/// to the process that reads a durable log back after a restart.
+fn to_unix_nanos(at: Instant) -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let ago =
+        i64::try_from(Instant::now().saturating_duration_since(at).as_nanos()).unwrap_or(i64::MAX);
+    now.saturating_sub(ago)
+}
+
+/// [`to_unix_nanos`] back to an `Instant` of this process (now, if that is in the future).
+fn from_unix_nanos(nanos: i64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let ago = u64::try_from(now.saturating_sub(nanos)).unwrap_or(0);
+    let now = Instant::now();
+    now.checked_sub(Duration::from_nanos(ago)).unwrap_or(now)
 }
 
 /// Version of the encoding below, its first byte.
-const SPILL_VERSION: u8 = 1;
+const SPILL_VERSION: u8 = 2;
 
 /// A spilled message: version, flags (QoS in bits 0-1, retain 2, dup 3, properties 4,
-/// origin 5), packet id, number, receipt time (nanoseconds from [`epoch`], signed), topic,
+/// origin 5), packet id, number, receipt time (nanoseconds since the Unix epoch), topic,
 /// payload, then the origin and the properties if any. Integers little-endian, byte strings
 /// with a u32 length.
 impl Spillable for PublishData {
@@ -100,14 +115,7 @@ impl Spillable for PublishData {
         out.push(flags);
         out.extend_from_slice(&publish.pkid.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
-        let epoch = epoch();
-        let nanos = match self.timestamp.checked_duration_since(epoch) {
-            Some(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
-            None => {
-                -i64::try_from(epoch.duration_since(self.timestamp).as_nanos()).unwrap_or(i64::MAX)
-            }
-        };
-        out.extend_from_slice(&nanos.to_le_bytes());
+        out.extend_from_slice(&to_unix_nanos(self.timestamp).to_le_bytes());
         put_bytes(out, &publish.topic);
         put_bytes(out, &publish.payload);
         if let Some(origin) = &self.origin {
@@ -159,15 +167,7 @@ impl Spillable for PublishData {
         let flags = r.u8()?;
         let pkid = u16::from_le_bytes(r.array()?);
         let seq = u64::from_le_bytes(r.array()?);
-        let nanos = i64::from_le_bytes(r.array()?);
-        let epoch = epoch();
-        let timestamp = if nanos >= 0 {
-            epoch.checked_add(Duration::from_nanos(nanos as u64))?
-        } else {
-            epoch
-                .checked_sub(Duration::from_nanos(nanos.unsigned_abs()))
-                .unwrap_or(epoch)
-        };
+        let timestamp = from_unix_nanos(i64::from_le_bytes(r.array()?));
         let topic = r.bytes()?;
         let payload = r.bytes()?;
         let origin = if flags & 1 << 5 != 0 {
@@ -301,6 +301,13 @@ pub struct DataLog {
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
     /// Where full logs write the segments a durable reader still needs (PATCHES.md, 18)
     pub spill: Option<Spill>,
+    /// Durable mode: the log directory and the number of the next new log's files
+    /// (PATCHES.md, 21)
+    durable: Option<(std::path::PathBuf, u64)>,
+    /// Logs appended to since the last sync (durable mode)
+    unsynced: std::collections::BTreeSet<FilterIdx>,
+    /// Whether the retained messages changed since the last sync (durable mode)
+    retained_changed: bool,
 }
 
 impl DataLog {
@@ -328,6 +335,9 @@ impl DataLog {
             filter_indexes,
             retained_publishes,
             spill: None,
+            durable: None,
+            unsynced: Default::default(),
+            retained_changed: false,
         })
     }
 
@@ -392,7 +402,11 @@ impl DataLog {
         let (filter_idx, data) = match filter_indexes.get(filter) {
             Some(idx) => (*idx, self.native.get(*idx).unwrap()),
             None => {
-                let data = Data::new(filter, &self.config);
+                let mut data = Data::new(filter, &self.config);
+                if let Some((dir, next)) = self.durable.as_mut() {
+                    data.log.write_to(LogFiles::new(dir, *next, filter));
+                    *next += 1;
+                }
 
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
@@ -411,6 +425,75 @@ impl DataLog {
         };
 
         (filter_idx, data.log.next_offset())
+    }
+
+    /// Turns durable mode on (before any filter exists): each log writes its segments to
+    /// `dir`, and the logs `recovered` there after a restart go on from their files. Returns
+    /// the messages recovered per filter.
+    pub fn durable(
+        &mut self,
+        dir: &std::path::Path,
+        recovered: Recovered,
+    ) -> io::Result<Vec<(Filter, u64)>> {
+        let next = recovered
+            .logs
+            .iter()
+            .map(|log| log.number + 1)
+            .max()
+            .unwrap_or(0);
+        let mut found = Vec::new();
+        for log in recovered.logs {
+            let filter = log.filter.clone();
+            let messages = log.messages();
+            let files = LogFiles::new(dir, log.number, &filter);
+            let mut data = Data::new(&filter, &self.config);
+            data.log.restore(log, files);
+            let bytes = data.log.spilled_bytes();
+            let idx = self.native.insert(data);
+            self.filter_indexes.insert(filter.clone(), idx);
+            if let Some(spill) = self.spill.as_mut() {
+                spill.count_recovered(idx, bytes);
+            }
+            found.push((filter, messages));
+        }
+        self.durable = Some((dir.to_owned(), next));
+        Ok(found)
+    }
+
+    /// Whether logs write to disk (durable mode).
+    pub fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// Notes that `filter_idx`'s log was appended to (durable mode: it waits for a sync).
+    pub fn appended(&mut self, filter_idx: FilterIdx) {
+        if self.durable.is_some() {
+            self.unsynced.insert(filter_idx);
+        }
+    }
+
+    /// Whether appends wait for [`Self::sync`] (durable mode).
+    pub fn needs_sync(&self) -> bool {
+        !self.unsynced.is_empty() || (self.retained_changed && self.durable.is_some())
+    }
+
+    /// The directory of durable mode.
+    pub fn durable_dir(&self) -> Option<&std::path::Path> {
+        self.durable.as_ref().map(|(dir, _)| dir.as_path())
+    }
+
+    /// Durable mode: writes and syncs every log appended to since the last sync; the number
+    /// of logs synced. An error means that appends may not be on disk.
+    pub fn sync(&mut self) -> io::Result<usize> {
+        let mut synced = 0;
+        while let Some(filter_idx) = self.unsynced.pop_first() {
+            if let Some(data) = self.native.get_mut(filter_idx) {
+                if data.log.sync()? {
+                    synced += 1;
+                }
+            }
+        }
+        Ok(synced)
     }
 
     /// The index of a filter's log, if it has one.
@@ -487,10 +570,24 @@ impl DataLog {
     ) {
         let pub_with_props = (publish, publish_properties);
         self.retained_publishes.insert(topic, pub_with_props.into());
+        self.retained_changed = true;
     }
 
     pub fn remove_from_retained_publishes(&mut self, topic: Topic) {
-        self.retained_publishes.remove(&topic);
+        self.retained_changed |= self.retained_publishes.remove(&topic).is_some();
+    }
+
+    /// Durable mode: the retained messages, if they changed since the last call.
+    pub fn retained_if_changed(&mut self) -> Option<&HashMap<Topic, PublishData>> {
+        if !std::mem::take(&mut self.retained_changed) || self.durable.is_none() {
+            return None;
+        }
+        Some(&self.retained_publishes)
+    }
+
+    /// Durable mode: the retained messages saved before a restart.
+    pub fn restore_retained(&mut self, retained: HashMap<Topic, PublishData>) {
+        self.retained_publishes = retained;
     }
 
     pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
@@ -582,7 +679,7 @@ impl Data<PublishData> {
 
 impl<T> Data<T>
 where
-    T: Storage + Clone,
+    T: Storage + Clone + Spillable,
 {
     /// Writes to all the filters that are mapped to this publish topic
     /// and wakes up consumers that are matching this topic (if they exist)
@@ -592,7 +689,7 @@ where
         notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     ) -> (Offset, &Filter) {
         let size = item.size();
-        let offset = self.log.append(item);
+        let offset = self.log.append_logged(item);
         if let Some(mut parked) = self.waiters.take() {
             notifications.append(&mut parked);
         }
@@ -727,7 +824,10 @@ mod test {
             assert_eq!(back.properties, data.properties);
             assert_eq!(back.origin, data.origin);
             assert_eq!(back.seq, data.seq);
-            assert_eq!(back.timestamp, data.timestamp);
+            // Stored as wall-clock time (it must mean the same after a restart): equal up to
+            // the two clock readings of the conversion.
+            let apart = back.timestamp.max(data.timestamp) - back.timestamp.min(data.timestamp);
+            assert!(apart < Duration::from_millis(5), "{apart:?} apart");
             // Anything shorter, or longer, is refused rather than misread.
             for cut in 0..bytes.len() {
                 assert!(PublishData::decode(Bytes::copy_from_slice(&bytes[..cut])).is_none());

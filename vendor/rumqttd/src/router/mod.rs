@@ -21,6 +21,7 @@ pub mod durability;
 mod graveyard;
 pub mod iobufs;
 mod logs;
+mod persist;
 mod routing;
 mod scheduler;
 pub(crate) mod shared_subs;
@@ -28,7 +29,7 @@ mod waiters;
 
 pub use alertlog::Alert;
 pub use connection::Connection;
-pub use routing::Router;
+pub use routing::{Recovery, Router};
 pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;

@@ -26,6 +26,7 @@ use super::durability::{DropReason, Lag, NoObserver, Observer};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
 use super::logs::{AckLog, DataLog, PublishData};
+use super::persist;
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
@@ -54,6 +55,8 @@ pub enum RouterError {
     InvalidClientId(String),
     #[error("Disconnection (Reason: {0:?})")]
     Disconnect(DisconnectReasonCode),
+    #[error("durable log: {0}")]
+    Durable(std::io::Error),
 }
 
 // TODO: set this to some appropriate value
@@ -123,7 +126,29 @@ pub struct Router {
     /// Shared groups and saved sessions whose drops have been logged (a live connection has
     /// its own flag)
     drops_logged: HashSet<String>,
+    /// Durable mode: when the sessions, positions and groups were last saved
+    last_state_save: Instant,
+    /// Durable mode: the state last saved (saved again only when it differs)
+    saved_state: persist::State,
 }
+
+/// What durable mode found in its directory at start (PATCHES.md, 21).
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Messages in the logs (acknowledged before the restart, not necessarily delivered).
+    pub messages: u64,
+    /// Bytes cut from the tails of segment files (writes torn by a crash).
+    pub truncated_bytes: u64,
+    /// Files that could not be used, and why (removed).
+    pub discarded: Vec<String>,
+    /// Persistent sessions, shared groups and retained messages restored.
+    pub sessions: usize,
+    pub groups: usize,
+    pub retained: usize,
+}
+
+/// How often durable mode saves the readers' positions while they move.
+const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Router {
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
@@ -172,6 +197,8 @@ impl Router {
             last_release: Instant::now(),
             last_lag_report: Instant::now(),
             drops_logged: HashSet::new(),
+            last_state_save: Instant::now(),
+            saved_state: persist::State::default(),
         }
     }
 
@@ -191,6 +218,196 @@ impl Router {
     pub fn spill(mut self, area: SpillArea) -> Router {
         self.datalog.spill = Some(Spill::new(area, self.observer.clone()));
         self
+    }
+
+    /// Durable mode (PATCHES.md, 21): every log is written to `area`'s directory and synced
+    /// before the acknowledgements of the publishes appended to it are sent; persistent
+    /// sessions, shared groups' positions and retained messages are saved there too. What a
+    /// previous process left there (after a crash, say) is read back first: the logs go on
+    /// from their files (torn tails cut), and the sessions, groups and retained messages are
+    /// restored. The area's budget bounds the files of segments that have left memory.
+    pub fn durable(mut self, area: SpillArea) -> std::io::Result<(Router, Recovery)> {
+        let dir = area.dir().to_owned();
+        let recovered = crate::segments::durable::recover(&dir)?;
+        let mut recovery = Recovery {
+            messages: recovered.logs.iter().map(|log| log.messages()).sum(),
+            truncated_bytes: recovered.truncated_bytes,
+            discarded: recovered.discarded.clone(),
+            ..Recovery::default()
+        };
+        self.datalog.spill = Some(Spill::new(area, self.observer.clone()));
+        self.datalog.durable(&dir, recovered)?;
+        let retained = persist::load_retained(&dir)?;
+        recovery.retained = retained.len();
+        self.datalog.restore_retained(retained);
+        let state = persist::load_state(&dir)?;
+        recovery.sessions = state.sessions.len();
+        self.restore_state(&state);
+        recovery.groups = self.shared_subscriptions.len();
+        self.saved_state = state;
+        Ok((self, recovery))
+    }
+
+    /// Restores the persistent sessions (as saved sessions whose clients are away) and the
+    /// shared groups of `state`, each reader at its saved position.
+    fn restore_state(&mut self, state: &persist::State) {
+        let positions: HashMap<(&str, &str), u64> = state
+            .positions
+            .iter()
+            .map(|(client, filter, offset)| ((client.as_str(), filter.as_str()), *offset))
+            .collect();
+        let groups: HashMap<&str, u64> = state
+            .groups
+            .iter()
+            .map(|(name, offset)| (name.as_str(), *offset))
+            .collect();
+        let strategy = self.config.shared_subscriptions_strategy.clone();
+        for session in &state.sessions {
+            let mut tracker = Tracker::new(session.client_id.clone());
+            let mut subscriptions = HashSet::new();
+            let mut sub_options = HashMap::new();
+            for (full, options) in &session.subscriptions {
+                let (group, filter) = match extract_group(full) {
+                    Some((share, filter)) => (Some(format!("{share}/{filter}")), filter),
+                    None => (None, full.clone()),
+                };
+                let (filter_idx, next) = self.datalog.next_native_offset(&filter);
+                let saved = match &group {
+                    Some(name) => groups.get(name.as_str()).copied(),
+                    None => positions
+                        .get(&(session.client_id.as_str(), filter.as_str()))
+                        .copied(),
+                };
+                let cursor = match (saved, self.datalog.native.get(filter_idx)) {
+                    (Some(offset), Some(data)) => data.log.cursor_at(offset),
+                    _ => next,
+                };
+                if let Some(name) = &group {
+                    self.shared_subscriptions
+                        .entry(name.clone())
+                        .or_insert_with(|| SharedGroup::new(cursor, strategy.clone()));
+                }
+                tracker.register_data_request(DataRequest {
+                    filter: full.clone(),
+                    filter_idx,
+                    qos: options.qos,
+                    cursor,
+                    read_count: 0,
+                    max_count: 100,
+                    forward_retained: false,
+                    group,
+                });
+                subscriptions.insert(full.clone());
+                sub_options.insert(full.clone(), *options);
+            }
+            let expires_at = (session.expiry != u32::MAX)
+                .then(|| Instant::now() + Duration::from_secs(u64::from(session.expiry)));
+            self.graveyard.save_state(
+                tracker,
+                subscriptions,
+                sub_options,
+                ConnectionEvents::default(),
+                VecDeque::new(),
+                expires_at,
+            );
+        }
+    }
+
+    /// The persistent sessions, the durable readers' positions and the shared groups now.
+    fn durable_state(&self) -> persist::State {
+        let mut state = persist::State::default();
+        for (_, connection) in self.connections.iter() {
+            if connection.session_expiry == 0 {
+                continue;
+            }
+            let mut subscriptions: Vec<(String, SubscriptionOptions)> = connection
+                .sub_options
+                .iter()
+                .map(|(filter, options)| (filter.clone(), *options))
+                .collect();
+            subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+            state.sessions.push(persist::SavedSession {
+                client_id: connection.client_id.clone(),
+                expiry: connection.session_expiry,
+                subscriptions,
+            });
+        }
+        let now = Instant::now();
+        for (client_id, session, expires_at) in self.graveyard.sessions() {
+            let expiry = expires_at.map_or(u32::MAX, |at| {
+                u32::try_from(at.saturating_duration_since(now).as_secs()).unwrap_or(u32::MAX - 1)
+            });
+            let mut subscriptions: Vec<(String, SubscriptionOptions)> = session
+                .sub_options
+                .iter()
+                .map(|(filter, options)| (filter.clone(), *options))
+                .collect();
+            subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+            state.sessions.push(persist::SavedSession {
+                client_id: client_id.to_owned(),
+                expiry,
+                subscriptions,
+            });
+        }
+        state.sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut positions = Vec::new();
+        self.durable_positions(None, |subscriber, filter_idx, position| {
+            if subscriber.starts_with("$share/") {
+                return;
+            }
+            if let Some(data) = self.datalog.native.get(filter_idx) {
+                positions.push((subscriber.to_owned(), data.filter().clone(), position));
+            }
+        });
+        positions.sort();
+        state.positions = positions;
+        for (name, group) in self.shared_subscriptions.iter() {
+            let Some((_, filter)) = name.split_once('/') else {
+                continue;
+            };
+            let Some(filter_idx) = self.datalog.filter_idx(filter) else {
+                continue;
+            };
+            let (_, position) = self.group_position(name, group, filter_idx);
+            state.groups.push((name.clone(), position));
+        }
+        state.groups.sort();
+        state
+    }
+
+    /// Durable mode: writes and syncs what was appended (and the retained messages, if they
+    /// changed) before any acknowledgement of it is sent. A failure stops the router: the
+    /// broker must not acknowledge what may not be on disk.
+    fn sync_durable(&mut self) -> Result<(), RouterError> {
+        if !self.datalog.needs_sync() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let synced = self.datalog.sync().map_err(RouterError::Durable)?;
+        let dir = self.datalog.durable_dir().map(|dir| dir.to_owned());
+        if let (Some(dir), Some(retained)) = (dir, self.datalog.retained_if_changed()) {
+            persist::save_retained(&dir, retained).map_err(RouterError::Durable)?;
+        }
+        self.observer.log_synced(synced, started.elapsed());
+        Ok(())
+    }
+
+    /// Durable mode: saves the sessions, positions and groups when they changed, a few
+    /// times a second at most.
+    fn save_state(&mut self) -> Result<(), RouterError> {
+        let Some(dir) = self.datalog.durable_dir().map(|dir| dir.to_owned()) else {
+            return Ok(());
+        };
+        if self.last_state_save.elapsed() < STATE_SAVE_INTERVAL {
+            return Ok(());
+        }
+        self.last_state_save = Instant::now();
+        let state = self.durable_state();
+        if state != self.saved_state {
+            persist::save_state(&dir, &state).map_err(RouterError::Durable)?;
+            self.saved_state = state;
+        }
+        Ok(())
     }
 
     /// Gets handle to the router. This is not a public method to ensure that link
@@ -280,6 +497,9 @@ impl Router {
             );
         }
 
+        // Durable mode: what was appended is on disk before its acknowledgements go out.
+        self.sync_durable()?;
+
         // Poll 100 connections which are ready in ready queue
         for _ in 0..100 {
             self.consume();
@@ -289,8 +509,10 @@ impl Router {
             let since = self.last_release.elapsed();
             if (self.progress && since >= RELEASE_INTERVAL) || since >= IDLE_RELEASE_INTERVAL {
                 self.release_held();
+                self.sync_durable()?;
             }
         }
+        self.save_state()?;
         if self.last_lag_report.elapsed() >= LAG_INTERVAL {
             self.report_lag();
             self.delete_spilled();
@@ -2028,6 +2250,7 @@ fn append_to_commitlog(
 
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
+        datalog.appended(filter_idx);
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
         let mut publish_data: PublishData = (publish.clone(), properties.clone()).into();
         publish_data.origin = Some(connection.origin.clone());
@@ -2100,6 +2323,7 @@ fn append_will_message(
 
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
+        datalog.appended(filter_idx);
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
         let mut publish_data: PublishData = (publish.clone(), properties.clone()).into();
         publish_data.seq = seq;
@@ -4086,6 +4310,88 @@ mod durability_tests {
         }
         settle(router);
         received
+    }
+
+    /// A durable router on `dir` (what a previous one left there is read back).
+    fn durable_router(dir: &std::path::Path) -> (Router, Recovery) {
+        let area = SpillArea::open_durable(dir, 1 << 20).unwrap();
+        small_router(Arc::new(Drops::default()))
+            .durable(area)
+            .unwrap()
+    }
+
+    #[test]
+    fn durable_mode_brings_back_acknowledged_messages_sessions_and_retained_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut router, recovery) = durable_router(dir.path());
+            assert_eq!(recovery.messages, 0);
+            let subscriber = connect(&mut router, "s", false);
+            subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+            router.events(subscriber.id, Event::Disconnect);
+            let publisher = connect(&mut router, "p", true);
+            let mut status = Publish::new(b"status".to_vec(), b"online".to_vec(), true);
+            status.qos = QoS::AtLeastOnce;
+            status.pkid = 60_001;
+            for n in 0..200 {
+                publish(&mut router, &publisher, n);
+            }
+            send(&mut router, &publisher, Packet::Publish(status, None));
+            router.sync_durable().unwrap();
+            router.last_state_save = Instant::now() - STATE_SAVE_INTERVAL;
+            router.save_state().unwrap();
+            // The process dies here: dropping writes nothing (no Drop flushes), it only
+            // releases the directory's lock as the end of the process would.
+            drop(router);
+        }
+        let (mut router, recovery) = durable_router(dir.path());
+        assert_eq!(recovery.messages, 200, "every message appended to the log");
+        assert_eq!((recovery.sessions, recovery.retained), (1, 1));
+        assert_eq!(recovery.truncated_bytes, 0);
+        let received = read_back_all(&mut router, 200);
+        assert_eq!(
+            received,
+            (0..200).collect::<Vec<_>>(),
+            "in order, once each"
+        );
+        let retained = router.datalog.read_retained_messages("status");
+        assert_eq!(retained.len(), 1, "the retained message is back");
+        assert_eq!(&retained[0].0.payload[..], b"online");
+    }
+
+    #[test]
+    fn a_durable_log_goes_on_after_a_restart_with_the_same_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut router, _) = durable_router(dir.path());
+            let subscriber = connect(&mut router, "s", false);
+            subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+            router.events(subscriber.id, Event::Disconnect);
+            let publisher = connect(&mut router, "p", true);
+            for n in 0..50 {
+                publish(&mut router, &publisher, n);
+            }
+            router.sync_durable().unwrap();
+            router.last_state_save = Instant::now() - STATE_SAVE_INTERVAL;
+            router.save_state().unwrap();
+            drop(router);
+        }
+        {
+            let (mut router, recovery) = durable_router(dir.path());
+            assert_eq!(recovery.messages, 50);
+            let publisher = connect(&mut router, "p", true);
+            for n in 50..120 {
+                publish(&mut router, &publisher, n);
+            }
+            router.sync_durable().unwrap();
+            router.last_state_save = Instant::now() - STATE_SAVE_INTERVAL;
+            router.save_state().unwrap();
+            drop(router);
+        }
+        let (mut router, recovery) = durable_router(dir.path());
+        assert_eq!(recovery.messages, 120);
+        let received = read_back_all(&mut router, 120);
+        assert_eq!(received, (0..120).collect::<Vec<_>>());
     }
 
     fn spill_files(dir: &std::path::Path) -> usize {

@@ -1,11 +1,13 @@
 use crate::Offset;
 use std::{collections::VecDeque, io};
 
+pub mod durable;
 pub mod records;
 mod segment;
 pub mod spill;
 pub mod utils;
 
+use durable::{LogFiles, RecoveredLog};
 use segment::{Segment, SegmentPosition};
 use spill::{Spill, Spillable, SpilledSegment};
 use tracing::warn;
@@ -64,6 +66,10 @@ pub struct CommitLog<T> {
     read_back: VecDeque<(u64, Segment<T>)>,
     /// The head segment (index) that did not fit the spill area, and its size on disk.
     spill_refused: Option<(u64, u64)>,
+    /// Durable mode: every segment's file ([`durable`]), and the first error writing them
+    /// (reported by the next [`Self::sync`]).
+    files: Option<LogFiles>,
+    write_error: Option<io::Error>,
 }
 
 impl<T> CommitLog<T>
@@ -93,7 +99,69 @@ where
             spilled: VecDeque::new(),
             read_back: VecDeque::new(),
             spill_refused: None,
+            files: None,
+            write_error: None,
         })
+    }
+
+    /// A log of durable mode that goes on from `recovered` (its segments are read back from
+    /// their files, as spilled ones) and writes new segments to `files`.
+    pub fn restore(&mut self, recovered: RecoveredLog, files: LogFiles) {
+        if let Some(last) = recovered.segments.last() {
+            self.head = last.index + 1;
+            self.tail = self.head;
+            self.segments = VecDeque::from([Segment::with_offset(last.next_offset())]);
+        }
+        self.spilled = recovered.segments.into();
+        self.read_back.clear();
+        self.files = Some(files);
+    }
+
+    /// Writes every segment to `files` from now on (durable mode).
+    pub fn write_to(&mut self, files: LogFiles) {
+        self.files = Some(files);
+    }
+
+    /// Bytes of the segments read back from files (recovered or spilled).
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Durable mode: writes and syncs what was appended since the last sync; whether there
+    /// was anything. An error means appends may not be on disk.
+    pub fn sync(&mut self) -> io::Result<bool> {
+        if let Some(error) = self.write_error.take() {
+            return Err(error);
+        }
+        match self.files.as_mut() {
+            Some(files) => files.sync(),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether appends wait for [`Self::sync`].
+    pub fn needs_sync(&self) -> bool {
+        self.write_error.is_some() || self.files.as_ref().is_some_and(|f| f.is_dirty())
+    }
+
+    /// The cursor of absolute offset `offset` (clamped to the messages the log has).
+    pub fn cursor_at(&self, offset: u64) -> (u64, u64) {
+        if offset < self.start_offset() {
+            return (self.first_index(), self.start_offset());
+        }
+        for spilled in &self.spilled {
+            if offset < spilled.next_offset() {
+                return (spilled.index, offset);
+            }
+        }
+        let mut index = self.head;
+        for segment in self.segments.iter().skip(1) {
+            if offset < segment.absolute_offset {
+                break;
+            }
+            index += 1;
+        }
+        (index, offset.min(self.active_segment().next_offset()))
     }
 
     #[inline]
@@ -156,6 +224,32 @@ where
         (self.tail, absolute_offset)
     }
 
+    /// [`Self::append`], and in durable mode the message is written to its segment's file
+    /// (on disk after the next [`Self::sync`]).
+    pub fn append_logged(&mut self, message: T) -> (u64, u64)
+    where
+        T: Spillable,
+    {
+        self.apply_retention();
+        if self.files.is_some() {
+            let index = self.tail;
+            let segment_offset = self.active_segment().absolute_offset;
+            if let Some(files) = self.files.as_mut() {
+                if let Err(error) = files.append(index, segment_offset, &message) {
+                    self.write_error.get_or_insert(error);
+                }
+            }
+        }
+        self.append_in_memory(message)
+    }
+
+    fn append_in_memory(&mut self, message: T) -> (u64, u64) {
+        let active_segment = self.active_segment_mut();
+        active_segment.push(message);
+        let absolute_offset = self.active_segment().next_offset();
+        (self.tail, absolute_offset)
+    }
+
     fn apply_retention(&mut self) {
         if self.active_segment().size() >= self.max_segment_size as u64 {
             // Read absolute_offset before applying memory retention, in case there is only 1
@@ -164,6 +258,12 @@ where
             // If active segment is full and segments are full, apply retention policy.
             if self.memory_segments_count() >= self.max_mem_segments {
                 self.segments.pop_front();
+                // No durable reader needs it (the router decided): its file goes too.
+                if let Some(files) = self.files.as_mut() {
+                    if let Err(error) = files.remove(self.head) {
+                        self.write_error.get_or_insert(error);
+                    }
+                }
                 self.head += 1;
             }
 

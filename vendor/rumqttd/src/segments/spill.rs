@@ -68,6 +68,23 @@ impl SpillArea {
     /// Creates `dir` if needed, locks it for this process (another process using it is an
     /// error) and removes the spill files a previous process left there.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<SpillArea> {
+        let area = SpillArea::lock(dir, max_bytes)?;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if is_spill_file(&entry.file_name().to_string_lossy()) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(area)
+    }
+
+    /// The log directory of durable mode as the spill area: locked like [`Self::open`], but
+    /// the files there are the log itself, for [`super::durable::recover`] to read back.
+    pub fn open_durable(dir: &Path, max_bytes: u64) -> io::Result<SpillArea> {
+        SpillArea::lock(dir, max_bytes)
+    }
+
+    fn lock(dir: &Path, max_bytes: u64) -> io::Result<SpillArea> {
         fs::create_dir_all(dir)?;
         let lock = OpenOptions::new()
             .read(true)
@@ -84,12 +101,6 @@ impl SpillArea {
                 ))
             }
             Err(TryLockError::Error(error)) => return Err(error),
-        }
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            if is_spill_file(&entry.file_name().to_string_lossy()) {
-                fs::remove_file(entry.path())?;
-            }
         }
         Ok(SpillArea {
             dir: dir.to_owned(),
@@ -147,6 +158,14 @@ impl Spill {
         self.used
     }
 
+    /// Counts the files of a log recovered after a restart (durable mode).
+    pub fn count_recovered(&mut self, log_id: usize, bytes: u64) {
+        if bytes > 0 {
+            self.used += bytes;
+            self.logs.insert(log_id);
+        }
+    }
+
     /// Whether `bytes` more fit in the budget.
     pub fn has_room(&self, bytes: u64) -> bool {
         self.used.saturating_add(bytes) <= self.area.max_bytes
@@ -163,7 +182,7 @@ pub enum SpillRefused {
 }
 
 /// A segment of a log that is on disk.
-pub(super) struct SpilledSegment {
+pub struct SpilledSegment {
     /// Its index in the log (the first half of a cursor).
     pub(super) index: u64,
     /// Absolute offset of its first message.
@@ -206,6 +225,36 @@ where
         };
         let absolute_offset = segment.absolute_offset;
         let len = segment.len();
+
+        // Durable mode: the segment is in its file already; it only leaves memory.
+        let durable_file = match self.files.as_mut().map(|files| files.closed_file(index)) {
+            Some(Ok(file)) => file,
+            Some(Err(error)) => return Err(SpillRefused::Io(error)),
+            None => None,
+        };
+        if let Some((path, bytes)) = durable_file {
+            if !spill.has_room(bytes) {
+                self.spill_refused = Some((index, bytes));
+                return Err(SpillRefused::NoRoom { needed: bytes });
+            }
+            if let Some(files) = self.files.as_mut() {
+                files.forget(index);
+            }
+            self.spill_refused = None;
+            self.segments.pop_front();
+            self.head += 1;
+            self.spilled.push_back(SpilledSegment {
+                index,
+                absolute_offset,
+                len,
+                bytes,
+                path,
+            });
+            spill.used += bytes;
+            spill.logs.insert(log_id);
+            spill.observer.spilled(filter, bytes);
+            return Ok(bytes);
+        }
 
         let mut out = std::mem::take(&mut spill.scratch);
         out.clear();
@@ -354,13 +403,18 @@ where
             Ok((bytes, scan)) => {
                 let bytes = Bytes::from(bytes);
                 let mut records = scan.records.into_iter();
+                let offset = spilled.absolute_offset.to_le_bytes();
                 let header_ok = records.next().is_some_and(|range| {
                     let header = &bytes[range];
-                    header.len() == MAGIC.len() + 16
+                    let spill_header = header.len() == MAGIC.len() + 16
                         && &header[..MAGIC.len()] == MAGIC
-                        && header[MAGIC.len()..MAGIC.len() + 8]
-                            == spilled.absolute_offset.to_le_bytes()
-                        && header[MAGIC.len() + 8..] == spilled.len.to_le_bytes()
+                        && header[MAGIC.len()..MAGIC.len() + 8] == offset
+                        && header[MAGIC.len() + 8..] == spilled.len.to_le_bytes();
+                    // A durable mode segment file: its offset, then its filter.
+                    let durable_header = header
+                        .strip_prefix(super::durable::MAGIC.as_slice())
+                        .is_some_and(|rest| rest.get(..8) == Some(offset.as_slice()));
+                    spill_header || durable_header
                 });
                 if header_ok {
                     for range in records {
