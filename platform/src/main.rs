@@ -94,7 +94,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
-    let broker_config = broker::Config::load(cli.broker_config.as_deref())?;
+    let mut broker_config = broker::Config::load(cli.broker_config.as_deref())?;
+    if cli.broker_config.is_none() {
+        // As config/broker.toml: a PUBACK survives a crash of the platform.
+        broker_config.router.durability = broker::config::Durability::Disk;
+        broker_config.router.log_dir = cli.data.join("broker").join("log");
+    }
     let broker = broker::start(broker_config).await?;
 
     let mut bridge_defaults = bridge::Config::default();
