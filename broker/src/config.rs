@@ -110,8 +110,8 @@ pub struct RouterConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    #[default]
     Memory,
+    #[default]
     Disk,
 }
 
@@ -158,7 +158,7 @@ impl Default for Config {
                 max_outgoing_packet_count: 200,
                 spill_dir: PathBuf::from("data/broker/spill"),
                 spill_max_bytes: 4 * 1024 * 1024 * 1024,
-                durability: Durability::Memory,
+                durability: Durability::Disk,
                 log_dir: default_log_dir(),
             },
             status: StatusConfig {
@@ -295,6 +295,19 @@ mod tests {
     fn missing_file_is_reported() {
         let error = Config::load(Some(Path::new("/nonexistent/broker.toml"))).expect_err("x");
         assert!(error.to_string().contains("/nonexistent/broker.toml"));
+    }
+
+    #[test]
+    fn disk_durability_needs_a_log_directory_and_other_modes_are_refused() {
+        let config = load_text("[router]\ndurability = \"disk\"\n").expect("disk mode");
+        assert_eq!(config.router.durability, Durability::Disk);
+        assert_eq!(config.router.log_dir, PathBuf::from("data/broker/log"));
+        let error = load_text("[router]\ndurability = \"disk\"\nlog_dir = \"\"\n")
+            .expect_err("no directory");
+        assert!(error.to_string().contains("router.log_dir"), "{error}");
+        let error = load_text("[router]\ndurability = \"sometimes\"\n").expect_err("unknown");
+        assert!(error.to_string().contains("durability"), "{error}");
+        assert_eq!(Config::default().router.durability, Durability::Disk);
     }
 
     #[test]

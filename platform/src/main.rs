@@ -96,9 +96,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut broker_config = broker::Config::load(cli.broker_config.as_deref())?;
     if cli.broker_config.is_none() {
-        // As config/broker.toml: a PUBACK survives a crash of the platform.
-        broker_config.router.durability = broker::config::Durability::Disk;
+        // The broker's own data under the platform's data directory.
         broker_config.router.log_dir = cli.data.join("broker").join("log");
+        broker_config.router.spill_dir = cli.data.join("broker").join("spill");
     }
     let broker = broker::start(broker_config).await?;
 

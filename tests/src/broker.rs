@@ -98,6 +98,8 @@ impl TestBroker {
             .tempdir()
             .context("creating the broker's spill directory")?;
         config.router.spill_dir = spill_tmp.path().to_owned();
+        // Disk durability, as deployed: the durable log beside the spill area.
+        config.router.log_dir = spill_tmp.path().join("log");
         tweak(&mut config);
         let spill_dir = config.router.spill_dir.clone();
         let running = broker::start(config).await.context("starting the broker")?;

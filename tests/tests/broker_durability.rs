@@ -47,6 +47,9 @@ enum Spill {
 
 async fn small_log_broker(pki: &TestPki, spill: Spill) -> Result<TestBroker> {
     TestBroker::start_with(pki, |config| {
+        // The spill area of memory durability (in disk durability the log directory plays
+        // its part: tests/tests/broker_crash.rs).
+        config.router.durability = broker::config::Durability::Memory;
         config.router.max_segment_size = SEGMENT;
         config.router.max_segment_count = 4;
         match spill {
