@@ -1,5 +1,7 @@
 //! One fleet day from the lake: the day's partitions (`dt`) of positions, tours and orders,
-//! aggregated with DataFusion where the Parquet files are, not in PostgreSQL.
+//! aggregated where the Parquet files are, not in PostgreSQL: the tours and orders with
+//! DataFusion's SQL, the positions from their two columns ([`super::positions`]), all three
+//! at the same time.
 //!
 //! - positions: how many, and how many distinct taxis sent them (per zone: reported there);
 //! - tours (those that ended that day): trips; revenue, distance and average fare from their
@@ -10,89 +12,51 @@
 //! The lake's `dt` is the local day of the configured zone (lake.md), so a day's partition
 //! is exactly that day, 23, 24 or 25 hours of it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::SessionContext;
 use jiff::civil::Date;
 
 use super::frames::{self, date_literal};
+use super::positions;
 use super::summary::{mean, DaySummary, OrderOutcomes, Source, Totals, ZoneRow};
 
 /// Aggregates the fleet's `day` from the lake.
 pub async fn summarize(ctx: &SessionContext, day: Date) -> anyhow::Result<DaySummary> {
     let dt = date_literal(day);
+    let tours_sql = format!(
+        "SELECT start_zone AS zone, count(*) AS trips, sum(fare_cents) AS revenue, \
+         count(fare_cents) AS fares, sum(distance_m) AS distance, \
+         sum(CASE WHEN flagged THEN 1 ELSE 0 END) AS flagged \
+         FROM tours WHERE dt = {dt} GROUP BY start_zone"
+    );
+    let orders_sql = format!(
+        "SELECT state, count(*) AS n FROM orders WHERE dt = {dt} AND kind = 'order' \
+         GROUP BY state"
+    );
+    let (counted, tour_batches, order_batches) = tokio::try_join!(
+        positions::count(ctx, day),
+        frames::query(ctx, &tours_sql),
+        frames::query(ctx, &orders_sql),
+    )?;
+
     let mut zones: BTreeMap<String, ZoneRow> = BTreeMap::new();
     let mut totals = Totals::default();
-
-    // One pass over the positions: per (zone, taxi), from which both the zones' and the
-    // day's distinct taxis follow.
-    let batches = frames::query(
-        ctx,
-        &format!(
-            "SELECT zone, taxi_id, count(*) AS n FROM positions WHERE dt = {dt} \
-             GROUP BY zone, taxi_id"
-        ),
-    )
-    .await?;
-    // Read in place: the pairs can be millions (taxis x zones) on a busy day. Zones and
-    // taxis are borrowed from the batches and hashed (not ordered) while counting; the
-    // zones are ordered once at the end.
-    let columns = batches
-        .iter()
-        .map(|batch| {
-            Ok((
-                frames::column(batch, "zone", &DataType::Utf8)?,
-                frames::column(batch, "taxi_id", &DataType::Utf8)?,
-                frames::column(batch, "n", &DataType::Int64)?,
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut taxis: HashSet<&str> = HashSet::new();
-    // Per zone: (taxis, positions).
-    let mut per_zone: HashMap<&str, (i64, i64)> = HashMap::new();
-    let mut positions = 0;
-    for (zone, taxi, n) in &columns {
-        let (zone, taxi, n) = (
-            zone.as_string::<i32>(),
-            taxi.as_string::<i32>(),
-            n.as_primitive::<Int64Type>(),
-        );
-        for i in 0..zone.len() {
-            let n = if n.is_null(i) { 0 } else { n.value(i) };
-            let counts = per_zone.entry(zone.value(i)).or_default();
-            counts.0 += 1;
-            counts.1 += n;
-            positions += n;
-            taxis.insert(taxi.value(i));
-        }
+    for zone in counted.zones {
+        let row = zone_row(&mut zones, zone.zone);
+        row.active_taxis = Some(row.active_taxis.unwrap_or(0) + zone.taxis);
+        row.positions = Some(row.positions.unwrap_or(0) + zone.positions);
     }
-    for (zone, (zone_taxis, zone_positions)) in per_zone {
-        let row = zone_row(&mut zones, zone.to_owned());
-        row.active_taxis = Some(row.active_taxis.unwrap_or(0) + zone_taxis);
-        row.positions = Some(row.positions.unwrap_or(0) + zone_positions);
-    }
-    totals.active_taxis = Some(taxis.len() as i64);
-    totals.positions = Some(positions);
+    totals.active_taxis = Some(counted.taxis);
+    totals.positions = Some(counted.positions);
 
-    let batches = frames::query(
-        ctx,
-        &format!(
-            "SELECT start_zone AS zone, count(*) AS trips, sum(fare_cents) AS revenue, \
-             count(fare_cents) AS fares, sum(distance_m) AS distance, \
-             sum(CASE WHEN flagged THEN 1 ELSE 0 END) AS flagged \
-             FROM tours WHERE dt = {dt} GROUP BY start_zone"
-        ),
-    )
-    .await?;
     let columns = (
-        frames::utf8(&batches, "zone")?,
-        frames::int64(&batches, "trips")?,
-        frames::int64(&batches, "revenue")?,
-        frames::int64(&batches, "fares")?,
-        frames::float64(&batches, "distance")?,
-        frames::int64(&batches, "flagged")?,
+        frames::utf8(&tour_batches, "zone")?,
+        frames::int64(&tour_batches, "trips")?,
+        frames::int64(&tour_batches, "revenue")?,
+        frames::int64(&tour_batches, "fares")?,
+        frames::float64(&tour_batches, "distance")?,
+        frames::int64(&tour_batches, "flagged")?,
     );
     let (zone, trips, revenue, fares, distance, flagged) = columns;
     let (mut all_fares, mut all_flagged) = (0, 0);
@@ -115,18 +79,10 @@ pub async fn summarize(ctx: &SessionContext, day: Date) -> anyhow::Result<DaySum
     totals.avg_fare_cents = mean(totals.revenue_cents, all_fares);
     totals.flagged_invoices = Some(all_flagged);
 
-    let batches = frames::query(
-        ctx,
-        &format!(
-            "SELECT state, count(*) AS n FROM orders WHERE dt = {dt} AND kind = 'order' \
-             GROUP BY state"
-        ),
-    )
-    .await?;
     let mut orders = OrderOutcomes::default();
     let (state, n) = (
-        frames::utf8(&batches, "state")?,
-        frames::int64(&batches, "n")?,
+        frames::utf8(&order_batches, "state")?,
+        frames::int64(&order_batches, "n")?,
     );
     for (state, n) in state.into_iter().zip(n) {
         let n = n.unwrap_or(0);

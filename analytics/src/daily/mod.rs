@@ -5,12 +5,15 @@
 //! day is a New York day. Per day: trips, revenue, distance, active taxis, positions,
 //! average fare, flagged invoices, orders by outcome, and the running total of trips since
 //! the source's first day; per zone the same where it applies. The numbers are computed
-//! with DataFusion over the lake's Parquet files (not in PostgreSQL, whose job is the live
-//! data), stored in PostgreSQL (`daily_fleet`, `daily_zone`) and published back to the lake.
+//! over the lake's Parquet files (not in PostgreSQL, whose job is the live data), with
+//! DataFusion, except a fleet day's positions, which are counted from their dictionary-encoded
+//! columns ([`positions`]); they are stored in PostgreSQL (`daily_fleet`, `daily_zone`) and
+//! published back to the lake.
 //!
 //! - [`calendar`]: where a local day starts and ends.
 //! - [`schedule`] and [`clock`]: when days run (catch-up at start, then each local midnight).
-//! - [`job`]: the steps of aggregating days; [`fleet`] and [`nyc`]: the queries.
+//! - [`job`]: the steps of aggregating days; [`fleet`] and [`nyc`]: the queries;
+//!   [`positions`]: a fleet day's positions.
 //! - [`store`] and [`publish`]: PostgreSQL and the lake.
 //!
 //! Running a day again replaces it: `analytics aggregate --from D --to E` ([`recompute`])
@@ -23,6 +26,7 @@ pub mod fleet;
 mod frames;
 pub mod job;
 pub mod nyc;
+mod positions;
 mod publish;
 pub mod schedule;
 pub mod store;
