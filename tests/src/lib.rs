@@ -29,6 +29,7 @@ pub mod analytics_process;
 pub mod archive;
 pub mod bridge_process;
 pub mod broker;
+pub mod broker_process;
 pub mod conformance;
 pub mod dashboard;
 pub mod dispatch;
