@@ -1,10 +1,13 @@
 //! `bench broker`: the same phases (throughput and latency, handshakes, idle memory, direct
 //! publishes to one taxi among many, a burst to a persistent subscriber) against our broker
 //! and against Mosquitto, on one machine with one set of certificates. Every phase gets a
-//! fresh broker process, so no phase inherits another's memory or state.
+//! fresh broker process, so no phase inherits another's memory or state. The durable phase
+//! ([`durable`]) compares our broker with itself: the throughput workload in memory mode and
+//! in disk mode, the cost of crash durability.
 
 pub mod burst;
 pub mod direct;
+pub mod durable;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use crate::report::{self, BenchConfig, SystemResult};
 use crate::{baseline, target};
 use burst::BurstSpec;
 use direct::DirectSpec;
+use durable::DurableSetup;
 use simulator::pki::BenchPki;
 
 /// A broker to measure.
@@ -53,6 +57,10 @@ pub enum Phase {
     Direct,
     /// Publishers flat out into one persistent QoS 1 subscriber: all acknowledged delivered?
     Burst,
+    /// The throughput workload (persistent subscriber) against our broker with
+    /// `router.durability` "memory" and "disk" (and Mosquitto with persistence, when it is
+    /// among the systems): what a PUBACK on disk costs. Run once, not per system.
+    Durable,
 }
 
 /// Everything `bench broker` is told.
@@ -291,7 +299,27 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         results.push(result);
     }
-    print!("{}", report::render(&config, &results));
+    let durable = if args.phases.contains(&Phase::Durable) {
+        target::check_binary(&args.broker_bin)?;
+        let mosquitto = args.systems.contains(&System::Mosquitto);
+        let setup = DurableSetup {
+            broker_bin: &args.broker_bin,
+            mosquitto_bin: mosquitto.then_some(args.mosquitto_bin.as_path()),
+            pki: &pki,
+            max_connections: args.taxis + 1_000,
+            limit: load_limit,
+        };
+        let say = |text: String| progress("durable", text);
+        Some(durable::run(&setup, spec, run_number + 1, &say).await)
+    } else {
+        None
+    };
+    if args.phases.iter().any(|phase| *phase != Phase::Durable) {
+        print!("{}", report::render(&config, &results));
+    }
+    if let Some(durable) = &durable {
+        print!("{}", durable::render(durable));
+    }
     if args.keep {
         let dir = pki.keep();
         eprintln!(

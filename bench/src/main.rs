@@ -22,7 +22,8 @@ struct Cli {
 enum Command {
     /// Measures our broker against Mosquitto on this machine: throughput and latency,
     /// handshakes per second, memory per idle connection, direct publishes to one taxi among
-    /// many, and a burst into a persistent subscriber.
+    /// many, and a burst into a persistent subscriber. `--phases durable` measures what crash
+    /// durability costs: the throughput workload against our broker in memory and disk mode.
     Broker {
         /// Publishing taxis, one connection each.
         #[arg(long, default_value_t = 100)]
