@@ -315,7 +315,8 @@ mod tests {
         let error = load_text("[router]\nspill_max_bytes = 1000\n").expect_err("too small");
         let text = error.to_string();
         assert!(text.contains("router.spill_max_bytes"), "{text}");
-        let error = load_text("[router]\nspill_dir = \"\"\n").expect_err("no directory");
+        let error = load_text("[router]\ndurability = \"memory\"\nspill_dir = \"\"\n")
+            .expect_err("no directory");
         assert!(error.to_string().contains("router.spill_dir"), "{error}");
         let off = load_text("[router]\nspill_dir = \"\"\nspill_max_bytes = 0\n")
             .expect("spilling off needs no directory");

@@ -98,8 +98,15 @@ impl TestBroker {
             .tempdir()
             .context("creating the broker's spill directory")?;
         config.router.spill_dir = spill_tmp.path().to_owned();
-        // Disk durability, as deployed: the durable log beside the spill area.
-        config.router.log_dir = spill_tmp.path().join("log");
+        // Disk durability, as deployed. The router is a thread of the test process that
+        // outlives this value (and the test's runtime): its log directory must outlive it
+        // too, or the router stops at its next write and takes the process down (exit 70).
+        // It is left in the temporary directory.
+        config.router.log_dir = tempfile::Builder::new()
+            .prefix("broker-log-")
+            .tempdir()
+            .context("creating the broker's log directory")?
+            .keep();
         tweak(&mut config);
         let spill_dir = config.router.spill_dir.clone();
         let running = broker::start(config).await.context("starting the broker")?;
