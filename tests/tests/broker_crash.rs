@@ -202,17 +202,22 @@ impl Durable {
     }
 }
 
-/// What a failing test shows of the broker: its log metrics and warnings.
+/// What a failing test shows of the broker: its log metrics, warnings, the files of its log
+/// directory and what it logged since its latest start.
 async fn broker_report(broker: &BrokerProcess) -> String {
     let warnings = broker.warnings();
     let shown = warnings.len().min(40);
+    let since_start = broker.log_since_start();
+    let lines: Vec<&str> = since_start.lines().collect();
     format!(
-        "broker metrics:\n{}\nbroker warnings ({} of {}):\n{}\nlog directory: {:?}",
+        "broker metrics:\n{}\nbroker warnings ({} of {}):\n{}\nlog directory: {:?}\nbroker log \
+         since its latest start (last 40 lines):\n{}",
         broker.log_metrics().await,
         shown,
         warnings.len(),
         warnings[warnings.len() - shown..].join("\n"),
-        broker.log_dir_listing()
+        broker.log_dir_listing(),
+        lines[lines.len().saturating_sub(40)..].join("\n")
     )
 }
 
@@ -409,6 +414,51 @@ async fn acknowledged_messages_sessions_and_retained_status_survive_a_kill() -> 
             "retained status after the restart: {status:?}; before the kill: {:?}",
             String::from_utf8_lossy(&retained)
         );
+        broker.ensure_running()?;
+        Ok(())
+    })
+    .await
+}
+
+/// A durable subscriber subscribes and goes away; a taxi (connected already) publishes a few
+/// messages, all acknowledged, and the broker is killed right after the last PUBACK: the
+/// subscription was acknowledged (SUBACK) before those messages, so they were acknowledged
+/// for it and must reach it after the restart, however soon the kill came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_just_before_the_kill_keeps_what_was_acknowledged_for_it() -> Result<()>
+{
+    const MESSAGES: u64 = 10;
+    bounded(Duration::from_secs(90), async {
+        let pki = TestPki::new()?;
+        let mut broker = BrokerProcess::start(&pki, Durability::Disk).await?;
+        let publisher = AckedPublisher::connect(&broker, &pki.client(TAXI, "taxi")?).await?;
+        let bridge = pki.client("bridge", "bridge")?;
+        let (durable, client) =
+            Durable::subscribe(&broker, &bridge, "bridge.quick", Version::V311, TOPIC).await?;
+        client.disconnect().await?;
+        for seq in 0..MESSAGES {
+            publisher.publish(TOPIC, false, &payload(seq), seq).await?;
+        }
+        publisher.wait_all_acked(WAIT).await?;
+        broker.kill().await?;
+        let listing = broker.log_dir_listing();
+
+        broker.start_again().await?;
+        let (mut client, session_present) = durable.reconnect(&broker).await?;
+        if !session_present {
+            bail!(
+                "the subscriber's session did not survive (session_present false)\nlog \
+                 directory at the kill: {listing:?}\n{}",
+                broker_report(&broker).await
+            );
+        }
+        let acked: BTreeSet<u64> = (0..MESSAGES).collect();
+        if let Err(e) = durable.receive_all(&mut client, &acked).await {
+            bail!(
+                "{e:#}\nlog directory at the kill: {listing:?}\n{}",
+                broker_report(&broker).await
+            );
+        }
         broker.ensure_running()?;
         Ok(())
     })
