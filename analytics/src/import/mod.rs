@@ -11,8 +11,9 @@
 //! Each accepted row becomes one `trips_nyc` row: times converted from New York wall-clock
 //! time to UTC ([`nyc_time`], which documents the daylight-saving rule), miles to metres,
 //! dollars to cents, and `zone` set to the H3 cell of the pickup point
-//! (`windows.h3_resolution`) or to `tlc:<PULocationID>`. Every other row is rejected with a
-//! reason ([`trip::Reason`]), counted and kept in PostgreSQL; a bad row never stops a file.
+//! (`windows.h3_resolution`; [`cells`] finds most without trigonometry) or to
+//! `tlc:<PULocationID>`. Every other row is rejected with a reason ([`trip::Reason`]),
+//! counted and kept in PostgreSQL; a bad row never stops a file.
 //!
 //! One lake object per (New York day of pickup, file): `trips_nyc/dt=<day>/<first 16 hex
 //! digits of the file's SHA-256>.parquet`. A file is imported once ([`ledger`]): importing
@@ -21,6 +22,7 @@
 //! `import.files` (as the batch layer of the lambda architecture starts from the master
 //! data set).
 
+mod cells;
 mod day_writers;
 mod fields;
 mod intake;

@@ -13,6 +13,7 @@ use arrow::array::{
 };
 use arrow::datatypes::SchemaRef;
 
+use super::cells::Cells;
 use super::day_writers::{DaySink, DayWriters};
 use super::trip::Trip;
 use super::zones::ZoneLookup;
@@ -24,7 +25,7 @@ const BATCH_ROWS: usize = 8192;
 pub(crate) struct Output {
     schema: SchemaRef,
     source_file: Arc<str>,
-    resolution: h3o::Resolution,
+    cells: Cells,
     zones: Option<Arc<ZoneLookup>>,
     days: Vec<DayRows>,
     index: HashMap<i32, usize>,
@@ -45,7 +46,7 @@ impl Output {
         Ok(Output {
             schema: writers.schema().clone(),
             source_file: Arc::from(sha256),
-            resolution,
+            cells: Cells::new(resolution),
             zones,
             days: Vec::new(),
             index: HashMap::new(),
@@ -73,7 +74,7 @@ impl Output {
             }
         };
         let rows = &mut self.days[slot];
-        rows.append(trip, self.resolution, self.zones.as_deref());
+        rows.append(trip, &mut self.cells, self.zones.as_deref());
         if rows.len >= BATCH_ROWS {
             let batch = rows.finish(&self.schema, &self.source_file)?;
             self.sink.send(day, batch)?;
@@ -150,7 +151,7 @@ impl DayRows {
         }
     }
 
-    fn append(&mut self, trip: &Trip, resolution: h3o::Resolution, zones: Option<&ZoneLookup>) {
+    fn append(&mut self, trip: &Trip, cells: &mut Cells, zones: Option<&ZoneLookup>) {
         self.len += 1;
         self.line.append_value(trip.line);
         self.vendor_id.append_option(trip.vendor_id);
@@ -177,8 +178,7 @@ impl DayRows {
         self.pickup_borough.append_option(names.map(|n| n.0));
         self.pickup_zone_name.append_option(names.map(|n| n.1));
         let mut text = [0u8; 24];
-        self.zone
-            .append_option(zone_of(trip, resolution, &mut text));
+        self.zone.append_option(zone_of(trip, cells, &mut text));
         self.payment_type.append_option(trip.payment_type);
         self.fare_cents.append_value(trip.fare_cents);
         self.tip_cents.append_value(trip.tip_cents);
@@ -223,15 +223,9 @@ impl DayRows {
 
 /// The `zone` of a trip, written into `text`: the H3 cell of its pickup point as 15
 /// lowercase hex digits, or `tlc:<LocationID>`; `None` without either.
-fn zone_of<'a>(
-    trip: &Trip,
-    resolution: h3o::Resolution,
-    text: &'a mut [u8; 24],
-) -> Option<&'a str> {
+fn zone_of<'a>(trip: &Trip, cells: &mut Cells, text: &'a mut [u8; 24]) -> Option<&'a str> {
     if let Some(point) = trip.pickup_point {
-        let cell = h3o::LatLng::new(point.lat, point.lon)
-            .ok()?
-            .to_cell(resolution);
+        let cell = cells.cell(point.lat, point.lon)?;
         let bits = u64::from(cell);
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for (i, out) in text[..15].iter_mut().enumerate() {
@@ -286,15 +280,16 @@ mod tests {
             .to_cell(resolution)
             .to_string();
         let mut text = [0u8; 24];
+        let mut cells = Cells::new(resolution);
         assert_eq!(
-            zone_of(&trip(Some(point), None), resolution, &mut text),
+            zone_of(&trip(Some(point), None), &mut cells, &mut text),
             Some(expected.as_str())
         );
         assert_eq!(expected.len(), 15);
         assert_eq!(
-            zone_of(&trip(None, Some(132)), resolution, &mut text),
+            zone_of(&trip(None, Some(132)), &mut cells, &mut text),
             Some("tlc:132")
         );
-        assert_eq!(zone_of(&trip(None, None), resolution, &mut text), None);
+        assert_eq!(zone_of(&trip(None, None), &mut cells, &mut text), None);
     }
 }
