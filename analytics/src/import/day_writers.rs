@@ -12,7 +12,11 @@
 //!
 //! A writer keeps one `ArrowWriter` per day open; when the row groups being built in all of
 //! them together pass its share of [`MEMORY_BUDGET`], the largest is flushed to its file.
-//! Memory is therefore bounded by the number of days a file touches, never by its length.
+//! A day that got no batch for [`IDLE_BATCHES`] batches of its writer has its row group
+//! flushed too: TLC files are roughly in pickup order, so a day a reader has left behind
+//! usually gets no more rows, and its row group (pages, and a compression context per
+//! column) would otherwise stay in memory until the end. Memory is therefore bounded by the
+//! number of days a file touches, never by its length.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -36,6 +40,11 @@ use crate::lake;
 const MEMORY_BUDGET: usize = 64 << 20;
 /// Batches waiting for each writer.
 const QUEUE: usize = 4;
+/// Batches of a writer after which a day that got none of them has its row group flushed
+/// (262 144 rows).
+const IDLE_BATCHES: u64 = 32;
+/// Write buffer of each open day file.
+const FILE_BUFFER: usize = 256 << 10;
 
 /// Columns whose values are nearly all different (ids, instants, coordinates, distances):
 /// a dictionary would never pay, and trying one costs a hash of every value.
@@ -229,9 +238,11 @@ fn write_days(
         day: jiff::civil::Date,
         path: PathBuf,
         writer: ArrowWriter<BufWriter<File>>,
+        /// The number of the last batch written.
+        last: u64,
     }
     let mut open: HashMap<i32, Open> = HashMap::new();
-    for (day, batch) in batches {
+    for (number, (day, batch)) in (1u64..).zip(batches) {
         let entry = match open.entry(day) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(slot) => {
@@ -240,7 +251,7 @@ fn write_days(
                 let file =
                     File::create(&path).with_context(|| format!("creating {}", path.display()))?;
                 let writer = ArrowWriter::try_new(
-                    BufWriter::with_capacity(1 << 20, file),
+                    BufWriter::with_capacity(FILE_BUFFER, file),
                     schema.clone(),
                     Some(writer_properties()),
                 )
@@ -249,6 +260,7 @@ fn write_days(
                     day: date,
                     path,
                     writer,
+                    last: number,
                 })
             }
         };
@@ -256,6 +268,14 @@ fn write_days(
             .writer
             .write(&batch)
             .with_context(|| format!("writing {}", entry.path.display()))?;
+        entry.last = number;
+        for idle in open.values_mut() {
+            if number - idle.last >= IDLE_BATCHES && idle.writer.in_progress_rows() > 0 {
+                idle.writer
+                    .flush()
+                    .with_context(|| format!("writing {}", idle.path.display()))?;
+            }
+        }
         let building: usize = open.values().map(|o| o.writer.in_progress_size()).sum();
         if building > budget {
             if let Some(largest) = open
@@ -290,5 +310,50 @@ mod tests {
     #[test]
     fn days_become_dates() {
         assert_eq!(date_of(16_450).unwrap(), jiff::civil::date(2015, 1, 15));
+    }
+
+    /// A batch of `rows` rows of the schema, every value zero (or "0").
+    fn zeros(schema: &SchemaRef, rows: usize) -> RecordBatch {
+        let zeros = arrow::array::Int64Array::from(vec![0; rows]);
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| arrow::compute::cast(&zeros, f.data_type()).unwrap())
+            .collect();
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
+
+    fn row_groups(file: &DayFile) -> Vec<i64> {
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(File::open(&file.path).unwrap())
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect()
+    }
+
+    #[test]
+    fn a_day_left_idle_has_its_row_group_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let writers = DayWriters::start(dir.path(), 1).unwrap();
+        let schema = writers.schema().clone();
+        let mut sink = writers.sink();
+        let (early, busy) = (16_450, 16_451);
+        sink.send(early, zeros(&schema, 10)).unwrap();
+        for _ in 0..IDLE_BATCHES {
+            sink.send(busy, zeros(&schema, 5)).unwrap();
+        }
+        // A late row of the early day: a second row group, the first one having been
+        // written while the other day went on.
+        sink.send(early, zeros(&schema, 3)).unwrap();
+        drop(sink);
+        let files = writers.finish().unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(row_groups(&files[0]), vec![10, 3]);
+        assert_eq!(row_groups(&files[1]), vec![5 * IDLE_BATCHES as i64]);
     }
 }
