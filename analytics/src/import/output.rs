@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
 
@@ -24,7 +24,8 @@ const BATCH_ROWS: usize = 8192;
 /// The per-day builders of one reader and where their batches go.
 pub(crate) struct Output {
     schema: SchemaRef,
-    source_file: Arc<str>,
+    /// The `source_file` column of a full batch; shorter ones take a slice of it.
+    source_file: StringArray,
     cells: Cells,
     zones: Option<Arc<ZoneLookup>>,
     days: Vec<DayRows>,
@@ -45,7 +46,7 @@ impl Output {
             .map_err(|e| anyhow!("windows.h3_resolution {h3_resolution}: {e}"))?;
         Ok(Output {
             schema: writers.schema().clone(),
-            source_file: Arc::from(sha256),
+            source_file: StringArray::from_iter_values(std::iter::repeat_n(sha256, BATCH_ROWS)),
             cells: Cells::new(resolution),
             zones,
             days: Vec::new(),
@@ -64,7 +65,7 @@ impl Output {
                 let slot = match self.index.get(&day) {
                     Some(&slot) => slot,
                     None => {
-                        self.days.push(DayRows::new(day));
+                        self.days.push(DayRows::new(day, 0));
                         self.index.insert(day, self.days.len() - 1);
                         self.days.len() - 1
                     }
@@ -121,37 +122,50 @@ struct DayRows {
 }
 
 const METRES_PER_MILE: f64 = 1_609.344;
+/// Bytes of an H3 cell's `zone` text.
+const ZONE_BYTES: usize = 15;
 
 impl DayRows {
-    fn new(day: i32) -> DayRows {
-        let timestamps = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    /// Builders with room for `rows` rows (none for a new day: it gets its room with its
+    /// first row, see [`DayRows::append`]).
+    fn new(day: i32, rows: usize) -> DayRows {
+        let ints = || Int32Builder::with_capacity(rows);
+        let longs = || Int64Builder::with_capacity(rows);
+        let floats = || Float64Builder::with_capacity(rows);
+        let timestamps = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
         DayRows {
             day,
             len: 0,
-            line: Int64Builder::new(),
-            vendor_id: Int32Builder::new(),
+            line: longs(),
+            vendor_id: ints(),
             pickup_at: timestamps(),
             dropoff_at: timestamps(),
-            passenger_count: Int32Builder::new(),
-            distance_m: Float64Builder::new(),
-            pickup_lon: Float64Builder::new(),
-            pickup_lat: Float64Builder::new(),
-            dropoff_lon: Float64Builder::new(),
-            dropoff_lat: Float64Builder::new(),
-            pickup_location_id: Int32Builder::new(),
-            dropoff_location_id: Int32Builder::new(),
-            pickup_borough: StringBuilder::new(),
-            pickup_zone_name: StringBuilder::new(),
-            zone: StringBuilder::new(),
-            payment_type: Int32Builder::new(),
-            fare_cents: Int64Builder::new(),
-            tip_cents: Int64Builder::new(),
-            tolls_cents: Int64Builder::new(),
-            total_cents: Int64Builder::new(),
+            passenger_count: ints(),
+            distance_m: floats(),
+            pickup_lon: floats(),
+            pickup_lat: floats(),
+            dropoff_lon: floats(),
+            dropoff_lat: floats(),
+            pickup_location_id: ints(),
+            dropoff_location_id: ints(),
+            pickup_borough: StringBuilder::with_capacity(rows, 0),
+            pickup_zone_name: StringBuilder::with_capacity(rows, 0),
+            zone: StringBuilder::with_capacity(rows, rows * ZONE_BYTES),
+            payment_type: ints(),
+            fare_cents: longs(),
+            tip_cents: longs(),
+            tolls_cents: longs(),
+            total_cents: longs(),
         }
     }
 
     fn append(&mut self, trip: &Trip, cells: &mut Cells, zones: Option<&ZoneLookup>) {
+        if self.len == 0 {
+            // The first row of a batch: room for the whole batch at once, rather than the
+            // builders growing (and copying) from nothing again after each batch. A day
+            // without pending rows keeps no room.
+            *self = DayRows::new(self.day, BATCH_ROWS);
+        }
         self.len += 1;
         self.line.append_value(trip.line);
         self.vendor_id.append_option(trip.vendor_id);
@@ -187,14 +201,15 @@ impl DayRows {
     }
 
     /// The pending rows as a batch of the schema; the builders start over.
-    fn finish(&mut self, schema: &SchemaRef, source_file: &str) -> anyhow::Result<RecordBatch> {
+    fn finish(
+        &mut self,
+        schema: &SchemaRef,
+        source_file: &StringArray,
+    ) -> anyhow::Result<RecordBatch> {
         let rows = self.len;
         self.len = 0;
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                source_file,
-                rows,
-            ))),
+            Arc::new(source_file.slice(0, rows.min(source_file.len()))),
             Arc::new(self.line.finish()),
             Arc::new(self.vendor_id.finish()),
             Arc::new(self.pickup_at.finish()),
