@@ -130,6 +130,10 @@ pub struct Router {
     last_state_save: Instant,
     /// Durable mode: the state last saved (saved again only when it differs)
     saved_state: persist::State,
+    /// Durable mode: a persistent session came, subscribed or unsubscribed since the last
+    /// save; the state is saved before any acknowledgement goes out (a SUBACK, or the PUBACK
+    /// of a message published for the new subscription), not at the next interval
+    sessions_changed: bool,
 }
 
 /// What durable mode found in its directory at start (PATCHES.md, 21).
@@ -199,6 +203,7 @@ impl Router {
             drops_logged: HashSet::new(),
             last_state_save: Instant::now(),
             saved_state: persist::State::default(),
+            sessions_changed: false,
         }
     }
 
@@ -392,15 +397,28 @@ impl Router {
         Ok(())
     }
 
+    /// Durable mode, before a round's acknowledgements go out: what was appended is on disk,
+    /// and so are the subscriptions of persistent sessions acknowledged in this round.
+    fn make_durable(&mut self) -> Result<(), RouterError> {
+        self.sync_durable()?;
+        if self.sessions_changed {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
     /// Durable mode: saves the sessions, positions and groups when they changed, a few
-    /// times a second at most.
+    /// times a second at most, or at once when a persistent session's subscriptions changed
+    /// (readers' positions alone may lag: a position saved late means a redelivery, never
+    /// a loss).
     fn save_state(&mut self) -> Result<(), RouterError> {
         let Some(dir) = self.datalog.durable_dir().map(|dir| dir.to_owned()) else {
             return Ok(());
         };
-        if self.last_state_save.elapsed() < STATE_SAVE_INTERVAL {
+        if !self.sessions_changed && self.last_state_save.elapsed() < STATE_SAVE_INTERVAL {
             return Ok(());
         }
+        self.sessions_changed = false;
         self.last_state_save = Instant::now();
         let state = self.durable_state();
         if state != self.saved_state {
@@ -408,6 +426,19 @@ impl Router {
             self.saved_state = state;
         }
         Ok(())
+    }
+
+    /// Durable mode: `id`'s subscriptions are about to change; if its session is persistent,
+    /// the state is saved before this round's acknowledgements go out.
+    fn note_session_change(&mut self, id: ConnectionId) {
+        if self.datalog.is_durable()
+            && self
+                .connections
+                .get(id)
+                .is_some_and(|connection| connection.session_expiry > 0)
+        {
+            self.sessions_changed = true;
+        }
     }
 
     /// Gets handle to the router. This is not a public method to ensure that link
@@ -497,8 +528,7 @@ impl Router {
             );
         }
 
-        // Durable mode: what was appended is on disk before its acknowledgements go out.
-        self.sync_durable()?;
+        self.make_durable()?;
 
         // Poll 100 connections which are ready in ready queue
         for _ in 0..100 {
@@ -1558,6 +1588,7 @@ impl Router {
                 };
             }
             Packet::Subscribe(mut subscribe, props) => {
+                self.note_session_change(id);
                 let mut return_codes = Vec::new();
                 let pkid = subscribe.pkid;
                 // let len = s.len();
@@ -1623,6 +1654,7 @@ impl Router {
             }
             Packet::Unsubscribe(unsubscribe, _) => {
                 self.progress = true;
+                self.note_session_change(id);
                 let connection = self.connections.get_mut(id).unwrap();
                 let pkid = unsubscribe.pkid;
                 // One UNSUBACK for the whole packet, with a reason per filter (upstream
@@ -4357,6 +4389,29 @@ mod durability_tests {
         let retained = router.datalog.read_retained_messages("status");
         assert_eq!(retained.len(), 1, "the retained message is back");
         assert_eq!(&retained[0].0.payload[..], b"online");
+    }
+
+    #[test]
+    fn a_subscription_is_on_disk_before_the_messages_published_for_it_are_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut router, _) = durable_router(dir.path());
+            let subscriber = connect(&mut router, "s", false);
+            subscribe(&mut router, &subscriber, QoS::AtLeastOnce);
+            router.events(subscriber.id, Event::Disconnect);
+            let publisher = connect(&mut router, "p", true);
+            for n in 0..10 {
+                publish(&mut router, &publisher, n);
+            }
+            // What the router does before a round's acknowledgements, and nothing more: the
+            // crash comes well within the interval of the periodic save.
+            router.make_durable().unwrap();
+            drop(router);
+        }
+        let (mut router, recovery) = durable_router(dir.path());
+        assert_eq!(recovery.sessions, 1, "the subscriber's session is back");
+        let received = read_back_all(&mut router, 10);
+        assert_eq!(received, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
