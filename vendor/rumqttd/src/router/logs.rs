@@ -21,6 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type PubWithProp = (Publish, Option<PublishProperties>);
 
+/// Topics whose matching filters are remembered even when they match none.
+const MAX_REMEMBERED_TOPICS: usize = 100_000;
+
 #[derive(Clone)]
 pub struct PublishData {
     pub publish: Publish,
@@ -386,7 +389,12 @@ impl DataLog {
                     .map(|(_, filter_idx)| *filter_idx)
                     .collect();
 
-                if !v.is_empty() {
+                // Topics that match nothing are remembered too (a new filter is added to every
+                // remembered topic it matches, in `next_native_offset`): otherwise each publish
+                // to them, such as positions nobody subscribed to, compares the topic with
+                // every filter again. Up to a bound, for clients that publish to ever new
+                // topics.
+                if !v.is_empty() || self.publish_filters.len() < MAX_REMEMBERED_TOPICS {
                     self.publish_filters.insert(topic.to_owned(), v.clone());
                 }
 
