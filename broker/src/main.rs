@@ -132,11 +132,31 @@ fn run(config: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
         certs(PathBuf::from("certs/dev"), CertsCommand::Init)?;
     }
     let config = broker::Config::load(config.as_deref())?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(session_threads())
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         broker::start(config).await?;
         service::process::stopped().await
     })
+}
+
+/// Threads for the client sessions (TLS, packets): one per core but the one the router
+/// thread keeps busy, at least one; `TOKIO_WORKER_THREADS` overrides. A session thread more
+/// than there are free cores only adds wake-ups and thread switches to every message.
+fn session_threads() -> usize {
+    if let Some(threads) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|threads| *threads > 0)
+    {
+        return threads;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .saturating_sub(1)
+        .max(1)
 }
 
 fn certs(dir: PathBuf, command: CertsCommand) -> anyhow::Result<()> {
