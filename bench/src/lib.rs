@@ -33,4 +33,5 @@ pub mod process;
 pub mod raw;
 pub mod report;
 pub mod reporting;
+pub mod table;
 pub mod target;

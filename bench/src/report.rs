@@ -666,36 +666,8 @@ fn table(rows: &[Row], results: &[SystemResult]) -> String {
         }
         cells.push(line);
     }
-    let columns = cells[0].len();
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            cells
-                .iter()
-                .map(|line| line[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (i, line) in cells.iter().enumerate() {
-        let text: Vec<String> = line
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                if c == 0 || c == columns - 1 && compare {
-                    format!("{cell:<width$}", width = widths[c])
-                } else {
-                    format!("{cell:>width$}", width = widths[c])
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "| {} |", text.join(" | "));
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
-        }
-    }
-    out
+    let columns = cells.first().map_or(0, Vec::len);
+    crate::table::markdown(&cells, |c| c == 0 || c + 1 == columns && compare)
 }
 
 /// The ratio first/second and, for scored metrics, which side is better.

@@ -184,9 +184,14 @@ impl Metrics {
         Metrics { samples }
     }
 
+    /// A sample, if the page has it.
+    pub fn sample(&self, name: &str) -> Option<f64> {
+        self.samples.get(name).copied()
+    }
+
     /// A sample, 0 when absent (a counter not incremented yet).
     pub fn get(&self, name: &str) -> f64 {
-        self.samples.get(name).copied().unwrap_or(0.0)
+        self.sample(name).unwrap_or(0.0)
     }
 
     /// A counter as an integer.

@@ -344,35 +344,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
             row.ratio.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..4)
-        .map(|c| {
-            cells
-                .iter()
-                .map(|line| line[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (i, line) in cells.iter().enumerate() {
-        let text: Vec<String> = line
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                if c == 0 {
-                    format!("{cell:<width$}", width = widths[c])
-                } else {
-                    format!("{cell:>width$}", width = widths[c])
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "| {} |", text.join(" | "));
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
-        }
-    }
-    out
+    crate::table::markdown(&cells, |c| c == 0)
 }
 
 /// The product's targets, each reached or not.
