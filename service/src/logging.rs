@@ -1,4 +1,8 @@
-//! Logs through `tracing` to stderr; `RUST_LOG` filters (default: `info`, rumqttd quiet).
+//! Logs through `tracing` to stderr (stdout stays for what a command prints: a table, CSV);
+//! `RUST_LOG` filters (default: `info`, rumqttd quiet). Colours only on a terminal, so that a
+//! log file or journal holds plain text.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -6,5 +10,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
