@@ -16,21 +16,20 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 
 use crate::broker::{MqttBroker, RELOAD_INTERVAL_MS};
 use crate::http;
 use crate::pki::{ClientCert, TestPki};
 use crate::platform::{eventually, Progress};
-use crate::service_process::{program_binary, to_toml};
+use crate::service_process::{logged_command, program_binary, to_toml};
 
 /// How long a broker process may take to answer on its ports after a start.
 pub const START: Duration = Duration::from_secs(30);
@@ -170,24 +169,8 @@ impl BrokerProcess {
         self.starts += 1;
         // A marker line, so that the log of one start can be told from the previous ones'.
         std::io::Write::write_all(&mut log, start_marker(self.starts).as_bytes())?;
-        let mut command = Command::new(&self.binary);
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("BROKER_") {
-                command.env_remove(name);
-            }
-        }
+        let mut command = logged_command(&self.binary, log, "BROKER_")?;
+        command.arg("run").arg("--config").arg(&self.config_path);
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
@@ -270,9 +253,9 @@ impl BrokerProcess {
         Ok(())
     }
 
-    /// Its whole log, every start (without terminal colours).
+    /// Its whole log, every start.
     pub fn log(&self) -> String {
-        strip_colours(&std::fs::read_to_string(&self.log_path).unwrap_or_default())
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Its log since the latest start.
@@ -432,24 +415,6 @@ impl MqttBroker for BrokerProcess {
     fn ca_path(&self) -> &Path {
         &self.ca_path
     }
-}
-
-/// `text` without its ANSI escape sequences (`ESC [ ... letter`).
-fn strip_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn start_marker(start: usize) -> String {

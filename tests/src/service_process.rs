@@ -58,6 +58,32 @@ pub struct ServiceProcess<C: ServiceConfig> {
     child: Option<Child>,
 }
 
+/// A command for `binary` with its standard output and error appended to `log`, the test's
+/// `RUST_LOG` (info by default), killed when dropped, and no inherited variable starting with
+/// `env_prefix`: the written configuration is the whole configuration.
+pub(crate) fn logged_command(
+    binary: &Path,
+    log: std::fs::File,
+    env_prefix: &str,
+) -> Result<Command> {
+    let mut command = Command::new(binary);
+    command
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(env_prefix) {
+            command.env_remove(name);
+        }
+    }
+    Ok(command)
+}
+
 impl<C: ServiceConfig> ServiceProcess<C> {
     /// Writes the configuration (with `http.listen` on a free port) and starts the process.
     pub fn spawn(config: &C) -> Result<ServiceProcess<C>> {
@@ -101,25 +127,12 @@ impl<C: ServiceConfig> ServiceProcess<C> {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let mut command = Command::new(&self.binary);
+        let mut command = logged_command(&self.binary, log, C::ENV_PREFIX)?;
         command
             .arg("--config")
             .arg(&self.config_path)
             .arg("run")
-            .env("DATABASE_URL", self.config.database_url())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with(C::ENV_PREFIX) {
-                command.env_remove(name);
-            }
-        }
+            .env("DATABASE_URL", self.config.database_url());
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
