@@ -6,6 +6,7 @@ use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
     PublishProperties, SubAck, UnsubAck,
 };
+use crate::router::filter_tree::FilterTree;
 use crate::router::{DataRequest, FilterIdx, SubscriptionMeter, Waiters};
 use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
@@ -20,9 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type PubWithProp = (Publish, Option<PublishProperties>);
-
-/// Topics whose matching filters are remembered even when they match none.
-const MAX_REMEMBERED_TOPICS: usize = 100_000;
 
 #[derive(Clone)]
 pub struct PublishData {
@@ -300,8 +298,8 @@ pub struct DataLog {
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
-    /// List of filters associated with a topic
-    publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// The same filters by their levels, to find those a topic matches (PATCHES.md, 22)
+    filter_tree: FilterTree,
     /// Where full logs write the segments a durable reader still needs (PATCHES.md, 18)
     pub spill: Option<Spill>,
     /// Durable mode: the log directory and the number of the next new log's files
@@ -317,8 +315,8 @@ impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut filter_tree = FilterTree::default();
         let retained_publishes = HashMap::new();
-        let publish_filters = HashMap::new();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
@@ -327,6 +325,7 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                filter_tree.insert(&filter, idx);
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -334,7 +333,7 @@ impl DataLog {
         Ok(DataLog {
             config,
             native,
-            publish_filters,
+            filter_tree,
             filter_indexes,
             retained_publishes,
             spill: None,
@@ -376,38 +375,13 @@ impl DataLog {
             })
     }
 
-    // TODO: Currently returning a Option<Vec> instead of Option<&Vec> due to Rust borrow checker
-    // limitation
+    /// The logs of the filters `topic` matches (`None` never: kept for the callers).
     pub fn matches(&mut self, topic: &str) -> Option<Vec<usize>> {
-        match &self.publish_filters.get(topic) {
-            Some(v) => Some(v.to_vec()),
-            None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
-                    .collect();
-
-                // Topics that match nothing are remembered too (a new filter is added to every
-                // remembered topic it matches, in `next_native_offset`): otherwise each publish
-                // to them, such as positions nobody subscribed to, compares the topic with
-                // every filter again. Up to a bound, for clients that publish to ever new
-                // topics.
-                if !v.is_empty() || self.publish_filters.len() < MAX_REMEMBERED_TOPICS {
-                    self.publish_filters.insert(topic.to_owned(), v.clone());
-                }
-
-                Some(v)
-            }
-        }
+        Some(self.filter_tree.matches(topic))
     }
 
     pub fn next_native_offset(&mut self, filter: &str) -> (FilterIdx, Offset) {
-        let publish_filters = &mut self.publish_filters;
-        let filter_indexes = &mut self.filter_indexes;
-
-        let (filter_idx, data) = match filter_indexes.get(filter) {
+        let (filter_idx, data) = match self.filter_indexes.get(filter) {
             Some(idx) => (*idx, self.native.get(*idx).unwrap()),
             None => {
                 let mut data = Data::new(filter, &self.config);
@@ -420,13 +394,7 @@ impl DataLog {
                 // datalog index map
                 let idx = self.native.insert(data);
                 self.filter_indexes.insert(filter.to_owned(), idx);
-
-                // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
-                        filters.push(idx);
-                    }
-                }
+                self.filter_tree.insert(filter, idx);
 
                 (idx, self.native.get(idx).unwrap())
             }
@@ -459,6 +427,7 @@ impl DataLog {
             let bytes = data.log.spilled_bytes();
             let idx = self.native.insert(data);
             self.filter_indexes.insert(filter.clone(), idx);
+            self.filter_tree.insert(&filter, idx);
             if let Some(spill) = self.spill.as_mut() {
                 spill.count_recovered(idx, bytes);
             }
@@ -917,7 +886,7 @@ mod test {
 
         data.next_native_offset("topic/+");
 
-        assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 2);
+        assert_eq!(data.matches("topic/a").unwrap().len(), 2);
     }
 
     #[test]
@@ -934,9 +903,7 @@ mod test {
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");
 
-        data.matches("topic/a");
-
-        assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
+        assert_eq!(data.matches("topic/a").unwrap().len(), 1);
     }
 
     //     #[test]

@@ -18,6 +18,7 @@ use crate::{
 mod alertlog;
 mod connection;
 pub mod durability;
+mod filter_tree;
 mod graveyard;
 pub mod iobufs;
 mod logs;
