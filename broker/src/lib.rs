@@ -135,7 +135,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         );
         router = router.spill(area);
     }
-    let router_tx = router.spawn();
+    // In memory mode nothing the router does blocks, so it runs as a task beside the
+    // sessions: a message goes from the publisher's session through the router to the
+    // subscriber's without waking another thread. In disk mode it waits for the disk once a
+    // round, so it keeps a thread of its own: the sessions go on meanwhile, and what arrives
+    // during one sync goes to the disk together in the next.
+    let router_tx = match config.router.durability {
+        config::Durability::Memory => router.spawn_task(),
+        config::Durability::Disk => router.spawn(),
+    };
     // Without its router the broker is dead, even if its ports still answer: exit, so that a
     // supervisor restarts it, rather than accept connections that can never attach.
     let watched = router_tx.clone();
@@ -144,7 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningBroker> {
         loop {
             ticker.tick().await;
             if watched.is_disconnected() {
-                tracing::error!("the router thread stopped; the broker exits");
+                tracing::error!("the router stopped; the broker exits");
                 std::process::exit(70);
             }
         }

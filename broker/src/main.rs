@@ -142,9 +142,10 @@ fn run(config: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
     })
 }
 
-/// Threads for the client sessions (TLS, packets): one per core but the one the router
-/// thread keeps busy, at least one; `TOKIO_WORKER_THREADS` overrides. A session thread more
-/// than there are free cores only adds wake-ups and thread switches to every message.
+/// Threads for the client sessions (TLS, packets) and, in memory mode, the router's task:
+/// one per core but one (the router's thread in disk mode, the rest of the system
+/// otherwise), at least one; `TOKIO_WORKER_THREADS` overrides. A thread more than there are
+/// free cores only adds wake-ups and thread switches to every message.
 fn session_threads() -> usize {
     if let Some(threads) = std::env::var("TOKIO_WORKER_THREADS")
         .ok()

@@ -468,6 +468,17 @@ impl Router {
         link
     }
 
+    /// Starts the router as a task of the current tokio runtime (see `run_async`) and
+    /// returns the link to it. Must be called from within that runtime.
+    pub fn spawn_task(self) -> Sender<(ConnectionId, Event)> {
+        let link = self.link();
+        tokio::spawn(async move {
+            let e = self.run_async().await;
+            error!(reason=?e, "Router done!");
+        });
+        link
+    }
+
     /// Waits on incoming events when ready queue is empty.
     /// After pulling 1 event, tries to pull 500 more events
     /// before polling ready queue 100 times (connections)
@@ -490,22 +501,55 @@ impl Router {
     fn run_inner(&mut self) -> Result<(), RouterError> {
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
-            // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            // Not for ever: held publishers get another try, and the lag is reported.
-            let wait = if self.held.is_empty() {
-                LAG_INTERVAL
-            } else if self.progress {
-                RELEASE_INTERVAL
-            } else {
-                IDLE_RELEASE_INTERVAL
-            };
-            match self.router_rx.recv_timeout(wait) {
+            match self.router_rx.recv_timeout(self.idle_wait()) {
                 Ok((id, data)) => self.events(id, data),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(RouterError::Disconnected),
             }
         }
+        self.round()
+    }
 
+    /// Runs the router as a task of the tokio runtime it is spawned on, returning only when
+    /// it stops. The sessions' wake-ups of the router, and the router's of the sessions, are
+    /// then task wake-ups: on a worker that is busy anyway they need no thread switch. A round
+    /// that finds work waiting yields afterwards, so the sessions on the same worker run
+    /// between rounds (the router's channel does not count towards tokio's budget).
+    pub async fn run_async(mut self) -> RouterError {
+        loop {
+            let waited = self.consume().is_none();
+            if waited {
+                let wait = self.idle_wait();
+                match tokio::time::timeout(wait, self.router_rx.recv_async()).await {
+                    Ok(Ok((id, data))) => self.events(id, data),
+                    Ok(Err(_)) => return RouterError::Disconnected,
+                    Err(_) => {}
+                }
+            }
+            if let Err(e) = self.round() {
+                return e;
+            }
+            if !waited {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// How long the router waits for an event when no connection is ready: not for ever,
+    /// since held publishers get another try and the lag is reported.
+    fn idle_wait(&self) -> Duration {
+        if self.held.is_empty() {
+            LAG_INTERVAL
+        } else if self.progress {
+            RELEASE_INTERVAL
+        } else {
+            IDLE_RELEASE_INTERVAL
+        }
+    }
+
+    /// One round after the first event (or ready connection): the events already queued,
+    /// the disk, the ready connections, held publishers, saved state and lag.
+    fn round(&mut self) -> Result<(), RouterError> {
         // Try reading more from connections in a non-blocking
         // fashion to accumulate data and handle subscriptions.
         // Accumulating more data lets requests retrieve bigger
