@@ -9,11 +9,12 @@
 //! the old session, has it published at once).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 
 /// Why a session was asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,9 +28,17 @@ pub enum StopReason {
 struct Entry {
     generation: u64,
     serial: Vec<u8>,
-    stop: Arc<Notify>,
-    stop_reason: Arc<Mutex<Option<StopReason>>>,
+    /// Tells the session to stop; taken by the first reason.
+    stop: Option<oneshot::Sender<StopReason>>,
     finished: watch::Receiver<bool>,
+}
+
+impl Entry {
+    fn stop(&mut self, reason: StopReason) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(reason);
+        }
+    }
 }
 
 /// What becomes of a will waiting for its delay when its client comes back.
@@ -53,16 +62,27 @@ pub struct Registry {
 /// A session's membership in the registry.
 pub struct Registration {
     pub generation: u64,
-    stop: Arc<Notify>,
-    stop_reason: Arc<Mutex<Option<StopReason>>>,
+    /// Taken by `stopped`.
+    stop: Mutex<Option<oneshot::Receiver<StopReason>>>,
     finished: watch::Sender<bool>,
 }
 
 impl Registration {
-    /// Resolves when the session must stop, with the reason.
-    pub async fn stopped(&self) -> StopReason {
-        self.stop.notified().await;
-        lock(&self.stop_reason).unwrap_or(StopReason::TakenOver)
+    /// Resolves when the session must stop, with the reason. Made once per session (a
+    /// second one never resolves); a session polls it at every wake-up, which a one-shot
+    /// channel answers without a lock.
+    pub fn stopped(&self) -> impl Future<Output = StopReason> + use<> {
+        let stop = lock(&self.stop).take();
+        async move {
+            match stop {
+                Some(stop) => match stop.await {
+                    Ok(reason) => reason,
+                    // Left the registry without being told to stop: nothing will tell it.
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Marks the session as gone from the router.
@@ -105,26 +125,22 @@ impl Registry {
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let (finished_tx, finished_rx) = watch::channel(false);
-        let stop = Arc::new(Notify::new());
-        let stop_reason = Arc::new(Mutex::new(None));
+        let (stop_tx, stop_rx) = oneshot::channel();
         let entry = Entry {
             generation,
             serial: serial.to_vec(),
-            stop: stop.clone(),
-            stop_reason: stop_reason.clone(),
+            stop: Some(stop_tx),
             finished: finished_rx,
         };
         let previous = lock(&self.sessions).insert(client_id.to_owned(), entry);
-        if let Some(previous) = previous {
-            *lock(&previous.stop_reason) = Some(StopReason::TakenOver);
-            previous.stop.notify_one();
+        if let Some(mut previous) = previous {
+            previous.stop(StopReason::TakenOver);
             let mut finished = previous.finished;
             let _ = tokio::time::timeout(wait, finished.wait_for(|done| *done)).await;
         }
         Registration {
             generation,
-            stop,
-            stop_reason,
+            stop: Mutex::new(Some(stop_rx)),
             finished: finished_tx,
         }
     }
@@ -149,12 +165,11 @@ impl Registry {
 
     /// Stops every session whose certificate has one of these serial numbers.
     pub fn stop_revoked(&self, serials: &[Vec<u8>]) -> usize {
-        let sessions = lock(&self.sessions);
+        let mut sessions = lock(&self.sessions);
         let mut stopped = 0;
-        for entry in sessions.values() {
+        for entry in sessions.values_mut() {
             if serials.contains(&entry.serial) {
-                *lock(&entry.stop_reason) = Some(StopReason::Revoked);
-                entry.stop.notify_one();
+                entry.stop(StopReason::Revoked);
                 stopped += 1;
             }
         }
