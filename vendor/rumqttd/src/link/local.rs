@@ -10,8 +10,10 @@ use crate::router::{
 use crate::ConnectionId;
 use bytes::Bytes;
 use flume::{Receiver, RecvError, RecvTimeoutError, SendError, Sender, TryRecvError, TrySendError};
+use futures_core::Stream;
 use parking_lot::lock_api::MutexGuard;
 use parking_lot::{Mutex, RawMutex};
+use std::pin::Pin;
 
 use std::collections::VecDeque;
 use std::mem;
@@ -402,6 +404,10 @@ pub struct LinkRx {
     router_rx: Receiver<()>,
     send_buffer: Arc<Mutex<VecDeque<Notification>>>,
     cache: VecDeque<Notification>,
+    /// The router's wake-ups for `next`, kept across calls: a `next` given up for another
+    /// event (its owner's socket became readable first) leaves the wait registered, instead
+    /// of taking it out of the channel only to put it back at the next call.
+    wakeups: flume::r#async::RecvStream<'static, ()>,
 }
 
 impl LinkRx {
@@ -414,6 +420,7 @@ impl LinkRx {
         LinkRx {
             connection_id,
             router_tx,
+            wakeups: router_rx.clone().into_stream(),
             router_rx,
             send_buffer: outgoing_data_buffer,
             cache: VecDeque::new(),
@@ -465,8 +472,11 @@ impl LinkRx {
             if let Some(notification) = self.cache.pop_front() {
                 return Ok(Some(notification));
             }
-            self.router_rx.recv_async().await?;
-            self.collect();
+            let wakeups = &mut self.wakeups;
+            match std::future::poll_fn(|cx| Pin::new(&mut *wakeups).poll_next(cx)).await {
+                Some(()) => self.collect(),
+                None => return Err(LinkError::Recv(RecvError::Disconnected)),
+            }
         }
     }
 
