@@ -63,7 +63,7 @@ pub struct Registry {
 pub struct Registration {
     pub generation: u64,
     /// Taken by `stopped`.
-    stop: Mutex<Option<oneshot::Receiver<StopReason>>>,
+    stop: Option<oneshot::Receiver<StopReason>>,
     finished: watch::Sender<bool>,
 }
 
@@ -71,8 +71,8 @@ impl Registration {
     /// Resolves when the session must stop, with the reason. Made once per session (a
     /// second one never resolves); a session polls it at every wake-up, which a one-shot
     /// channel answers without a lock.
-    pub fn stopped(&self) -> impl Future<Output = StopReason> + use<> {
-        let stop = lock(&self.stop).take();
+    pub fn stopped(&mut self) -> impl Future<Output = StopReason> + use<> {
+        let stop = self.stop.take();
         async move {
             match stop {
                 Some(stop) => match stop.await {
@@ -140,7 +140,7 @@ impl Registry {
         }
         Registration {
             generation,
-            stop: Mutex::new(Some(stop_rx)),
+            stop: Some(stop_rx),
             finished: finished_tx,
         }
     }

@@ -77,14 +77,14 @@ where
     };
     let Opened {
         mut session,
-        registration,
+        mut registration,
         will,
         will_props,
         client_id,
         written,
     } = opened;
     let end = match written {
-        Ok(()) => session.serve(&registration).await,
+        Ok(()) => session.serve(&mut registration).await,
         Err(e) => End::Network(ReadError::Io(e)),
     };
     Box::pin(session.close(end, will, will_props, &client_id, registration.generation)).await;
@@ -470,7 +470,7 @@ impl Counters {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    async fn serve(&mut self, registration: &crate::registry::Registration) -> End {
+    async fn serve(&mut self, registration: &mut crate::registry::Registration) -> End {
         // Made once and kept for the whole session: a future made anew for every packet
         // registers and unregisters itself every time.
         let stopped = registration.stopped();

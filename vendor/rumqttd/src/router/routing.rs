@@ -1235,7 +1235,7 @@ impl Router {
         let Ok(topic) = std::str::from_utf8(topic) else {
             return None;
         };
-        let filter_idxs = self.datalog.matches(topic).unwrap_or_default();
+        let filter_idxs = self.datalog.matches(topic);
         for &filter_idx in &filter_idxs {
             if self.must_wait(filter_idx) {
                 return Some(filter_idx);
@@ -2314,16 +2314,6 @@ fn append_to_commitlog(
 
     let filter_idxs = datalog.matches(topic);
 
-    // Create a dynamic filter if dynamic_filters are enabled for this connection
-    let filter_idxs = match filter_idxs {
-        Some(v) => v,
-        None if connection.dynamic_filters => {
-            let (idx, _cursor) = datalog.next_native_offset(topic);
-            vec![idx]
-        }
-        None => return Err(RouterError::NoMatchingFilters(topic.to_owned())),
-    };
-
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
         datalog.appended(filter_idx);
@@ -2391,11 +2381,6 @@ fn append_will_message(
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
-
-    let filter_idxs = match filter_idxs {
-        Some(v) => v,
-        None => return Err(RouterError::NoMatchingFilters(topic.to_owned())),
-    };
 
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
